@@ -1,0 +1,37 @@
+"""omnivec: a self-hostable universal embedding engine (jina-embeddings-v4 and friends).
+
+>>> import omnivec
+>>> m = omnivec.load()                       # embedded default: multilingual-e5-small on the CPU
+>>> v = m.encode(["How do I reset my password?"], task="retrieval.query")
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from .embedder import EmbedResult, Embedder
+from .inputs import PDF, Image, InputError, InputLimits
+from .models.registry import DEFAULT_MODEL
+from .tasks import TaskSpec
+
+__version__ = "0.1.0"
+__all__ = ["load", "Embedder", "EmbedResult", "Image", "PDF", "InputError", "InputLimits",
+           "TaskSpec", "DEFAULT_MODEL", "__version__"]
+
+
+def load(model: str | os.PathLike | None = None, *, device: str | torch.device | None = None,
+         dtype: torch.dtype | None = None, batch_tokens: int | None = None,
+         limits: InputLimits | None = None, **model_kwargs: Any) -> Embedder:
+    """Load a model and return an :class:`Embedder`.
+
+    ``model``: ``None`` for the embedded default (multilingual-e5-small, no hub needed), a
+    built-in name (``all-MiniLM-L6-v2``), a local directory (e.g. a jina-embeddings-v4
+    checkpoint), or a hub id such as ``jinaai/jina-embeddings-v4`` when online.
+    ``device``: ``None`` picks the GPU when present. ``model_kwargs`` go to the model family
+    (e.g. ``quantize=True`` for the int8 CPU path of encoders).
+    """
+    from .models.registry import load_model
+    return Embedder(load_model(model, device=device, dtype=dtype, **model_kwargs),
+                    batch_tokens=batch_tokens, limits=limits)

@@ -1,0 +1,227 @@
+"""Embedder: the one pipeline every consumer (library, server, index, eval, train) goes through.
+
+parse inputs -> prepare each on the CPU (prompt, tokenise, resize) -> plan batches by token
+budget, longest first -> model forward (per-row task adapters) -> truncate, normalise,
+convert precision -> results in input order.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from . import outputs
+from .batching import plan_batches
+from .inputs import PDF, Image, InputError, InputLimits, parse_inputs
+from .models.base import EmbeddingModel, Prepared, PrepareOptions
+from .scoring import score as _score
+from .tasks import TaskSpec, resolve_tasks
+
+# Calls with more items than this show a progress bar unless told otherwise.
+PROGRESS_THRESHOLD = 256
+
+
+@dataclass
+class EmbedResult:
+    """Everything one call produced, item by item (a PDF contributes one item per page)."""
+
+    dense: np.ndarray | None              # (n, d) float32, truncated and normalised as asked
+    multivector: list[np.ndarray] | None  # n arrays (tokens, mv_dim), float32, per-token unit norm
+    origins: list[int]                    # input index each item came from
+    tokens: list[int]                     # tokens processed per item (image tokens included)
+    kinds: list[str]                      # "text" or "image" per item
+    truncated: list[bool]
+
+
+class Embedder:
+    """Encodes texts, images and PDF pages with one model.
+
+    >>> m = omnivec.load()
+    >>> v = m.encode(["How do I reset my password?"], task="retrieval.query")
+    >>> v.shape
+    (1, 384)
+    """
+
+    def __init__(self, model: EmbeddingModel, *, batch_tokens: int | None = None,
+                 max_batch_rows: int | None = None, limits: InputLimits | None = None) -> None:
+        self.model = model
+        self.batch_tokens = batch_tokens or model.batch_tokens
+        self.max_batch_rows = max_batch_rows or model.max_batch_rows
+        self.limits = limits or InputLimits()
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def dim(self) -> int:
+        return self.model.dim
+
+    @property
+    def multivector_dim(self) -> int:
+        return self.model.multivector_dim
+
+    def info(self) -> dict[str, Any]:
+        info = self.model.info()
+        info["batch_tokens"] = self.batch_tokens
+        return info
+
+    # ----------------------------------------------------------------- main entry
+    def embed(self, inputs: Any, task: str | TaskSpec | Sequence[str | TaskSpec] = "text-matching", *,
+              prompt_name: str | None = None, dimensions: int | None = None, normalize: bool = True,
+              dense: bool = True, multivector: bool = False, max_tokens: int | None = None,
+              truncate: bool = True, max_pixels: int | None = None, batch_size: int | None = None,
+              progress: bool | None = None, limits: InputLimits | None = None) -> EmbedResult:
+        """Dense and/or multi-vector embeddings from one forward pass per batch.
+
+        ``task`` is one task for all inputs or a list with one per input. ``dimensions`` applies
+        to dense vectors only (Matryoshka: slice, then re-normalise).
+        """
+        outputs.check_dimensions(dimensions, self.model.dim, self.model.matryoshka_dims)
+        if not dense and not multivector:
+            raise ValueError("nothing to compute: ask for dense and/or multivector")
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                       or max_tokens < 1):
+            raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        n_inputs = 1 if isinstance(inputs, (str, Image, PDF)) or _is_pil(inputs) else _length(inputs)
+        tasks = resolve_tasks(task, n_inputs, prompt_name)
+        items, origins = parse_inputs(inputs, limits or self.limits)
+        options = PrepareOptions(max_tokens=max_tokens, truncate=truncate, max_pixels=max_pixels)
+        prepared = [self._prepare(item, tasks[origin], options, origin)
+                    for item, origin in zip(items, origins)]
+        dense_rows: list[torch.Tensor | None] = [None] * len(prepared)
+        multi_rows: list[torch.Tensor | None] = [None] * len(prepared)
+        batches = plan_batches([p.cost for p in prepared], max_tokens=self.batch_tokens,
+                               max_rows=batch_size or self.max_batch_rows, padded=self.model.padded)
+        with _progress(len(prepared), progress) as advance:
+            for batch in batches:
+                out = self.model.forward([prepared[i] for i in batch], dense=dense, multivector=multivector)
+                for row, i in enumerate(batch):
+                    if dense:
+                        dense_rows[i] = out.dense[row]
+                    if multivector:
+                        multi_rows[i] = out.multivector[row]
+                advance(len(batch))
+        dense_out = None
+        if dense:
+            stacked = (torch.stack(dense_rows).float().numpy() if prepared
+                       else np.zeros((0, self.model.dim), np.float32))
+            dense_out = outputs.truncate_normalize(stacked, dimensions, normalize)
+        multi_out = [m.float().numpy() for m in multi_rows] if multivector else None
+        return EmbedResult(dense=dense_out, multivector=multi_out, origins=origins,
+                           tokens=[p.cost for p in prepared], kinds=[p.kind for p in prepared],
+                           truncated=[p.truncated for p in prepared])
+
+    def encode(self, inputs: Any, task: str | TaskSpec | Sequence[str | TaskSpec] = "text-matching", *,
+               prompt_name: str | None = None, dimensions: int | None = None, normalize: bool = True,
+               precision: str = "float32", multivector: bool = False, max_tokens: int | None = None,
+               truncate: bool = True, max_pixels: int | None = None, batch_size: int | None = None,
+               progress: bool | None = None) -> np.ndarray | list[np.ndarray]:
+        """Embed inputs; an (n, d) array, or with ``multivector`` a list of (tokens, d_mv) arrays.
+
+        Inputs: ``str``, :class:`omnivec.Image`, :class:`omnivec.PDF` (one row per page), PIL
+        images, or a list mixing them. ``precision``: float32 | float16 | int8 | uint8 | binary
+        | ubinary (packed bits).
+        """
+        if precision not in outputs.PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; allowed: {list(outputs.PRECISIONS)}")
+        if multivector and dimensions is not None:
+            raise ValueError("dimensions applies to dense vectors only; multi-vectors keep their "
+                             f"{self.model.multivector_dim} dimensions")
+        result = self.embed(inputs, task, prompt_name=prompt_name, dimensions=dimensions,
+                            normalize=normalize, dense=not multivector, multivector=multivector,
+                            max_tokens=max_tokens, truncate=truncate, max_pixels=max_pixels,
+                            batch_size=batch_size, progress=progress)
+        if multivector:
+            return [outputs.quantize(m, precision) for m in result.multivector]
+        return outputs.quantize(result.dense, precision)
+
+    # ----------------------------------------------------------------- reference signatures
+    def encode_text(self, texts: str | Sequence[str], task: str = "retrieval", max_length: int = 32768,
+                    batch_size: int | None = None, return_multivector: bool = False,
+                    return_numpy: bool = False, truncate_dim: int | None = None,
+                    prompt_name: str | None = None) -> Any:
+        """The reference model's ``encode_text``: ``task`` is the adapter, ``prompt_name`` query|passage.
+
+        Returns a list of float32 tensors (or numpy arrays with ``return_numpy``), one per text.
+        """
+        single = isinstance(texts, str)
+        items = [texts] if single else list(texts)
+        if not all(isinstance(t, str) for t in items):
+            raise ValueError("encode_text takes strings; use encode_image or encode for images")
+        out = self.encode(items, task, prompt_name=prompt_name, multivector=return_multivector,
+                          dimensions=None if return_multivector else truncate_dim,
+                          max_tokens=min(max_length, self.model.max_tokens), batch_size=batch_size)
+        return _reference_return(out, return_numpy, return_multivector)
+
+    def encode_image(self, images: Any, task: str = "retrieval", batch_size: int | None = None,
+                     return_multivector: bool = False, return_numpy: bool = False,
+                     truncate_dim: int | None = None, max_pixels: int | None = None) -> Any:
+        """The reference model's ``encode_image``: PIL images, paths, URLs or :class:`Image` objects."""
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        wrapped = [x if isinstance(x, (Image, PDF)) else Image(x) for x in items]
+        out = self.encode(wrapped, task, multivector=return_multivector,
+                          dimensions=None if return_multivector else truncate_dim,
+                          max_pixels=max_pixels, batch_size=batch_size)
+        return _reference_return(out, return_numpy, return_multivector)
+
+    # ----------------------------------------------------------------- scoring
+    def score(self, a: Any, b: Any) -> np.ndarray:
+        """Dense dot products of 2-D arrays, or MaxSim of multi-vector lists: (len(a), len(b))."""
+        return _score(a, b)
+
+    def _prepare(self, item: Any, task: TaskSpec, options: PrepareOptions, origin: int) -> Prepared:
+        try:
+            return self.model.prepare(item, task, options)
+        except InputError as e:
+            raise InputError(origin, e.reason) from e
+        except ValueError as e:
+            raise InputError(origin, str(e)) from e
+
+
+def _is_pil(x: Any) -> bool:
+    from PIL import Image as PILImage
+    return isinstance(x, PILImage.Image)
+
+
+def _length(inputs: Any) -> int:
+    try:
+        return len(inputs)
+    except TypeError:
+        raise ValueError(f"inputs must be a string, an Image, a PDF or a list of them, got "
+                         f"{type(inputs).__name__}") from None
+
+
+def _reference_return(out: Any, return_numpy: bool, multivector: bool) -> Any:
+    if return_numpy:
+        return out
+    if multivector:
+        return [torch.from_numpy(m) for m in out]
+    return [torch.from_numpy(row) for row in out]
+
+
+class _progress:
+    """A rich progress bar for long calls; a no-op for small ones."""
+
+    def __init__(self, total: int, enabled: bool | None) -> None:
+        self.enabled = total > PROGRESS_THRESHOLD and sys.stderr.isatty() if enabled is None else enabled
+        self.total = total
+        self._bar = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+        self._bar = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), TimeRemainingColumn(), transient=True)
+        self._bar.__enter__()
+        task = self._bar.add_task("embed", total=self.total)
+        return lambda n: self._bar.advance(task, n)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)

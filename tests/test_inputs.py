@@ -1,0 +1,502 @@
+"""Tests for omnivec.inputs: every source kind, decoding rules, limits, PDFs and URL safety.
+
+All fixtures are made in code; the only network use is a local http.server on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import io
+import ipaddress
+import pickle
+import struct
+import threading
+import time
+import zlib
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image as PILImage
+
+from omnivec import inputs as I
+from omnivec.inputs import PDF, Image, InputError, InputLimits, decode_base64_image, fetch_url, parse_inputs
+
+LOCAL = InputLimits(allow_private_urls=True)
+# Fuzzed TIFF/EXIF blocks make PIL warn; rejecting or decoding them is what is under test.
+pytestmark = pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")
+
+
+def png_bytes(img: PILImage.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", **kw)
+    return buf.getvalue()
+
+
+def red(size=(8, 6)) -> PILImage.Image:
+    return PILImage.new("RGB", size, (255, 0, 0))
+
+
+# ------------------------------------------------------------------ sources
+
+
+def test_every_source_kind_gives_same_rgb(tmp_path):
+    data = png_bytes(red())
+    p = tmp_path / "red.png"
+    p.write_bytes(data)
+    b64 = base64.b64encode(data).decode()
+    sources = [str(p), p, data, bytearray(data), red(), b64, "data:image/png;base64," + b64]
+    for src in sources:
+        im = Image(src).load()
+        assert im.mode == "RGB" and im.size == (8, 6), src
+        assert im.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_base64_with_whitespace_and_urlsafe():
+    data = png_bytes(red())
+    b64 = base64.b64encode(data).decode()
+    wrapped = "\n".join(b64[i : i + 60] for i in range(0, len(b64), 60))
+    assert Image(wrapped).load().size == (8, 6)
+    assert Image(base64.urlsafe_b64encode(data).decode()).load().size == (8, 6)
+
+
+def test_decode_base64_image():
+    data = png_bytes(red())
+    b64 = base64.b64encode(data).decode()
+    assert decode_base64_image(b64) == data
+    assert decode_base64_image("data:image/png;base64," + b64) == data
+    with pytest.raises(InputError, match="not an image"):
+        decode_base64_image("data:text/plain;base64," + b64)
+    with pytest.raises(InputError, match="base64"):
+        decode_base64_image("not base64!")
+
+
+def test_pil_source_not_mutated_and_non_rgb_modes():
+    src = PILImage.new("L", (4, 4), 128)
+    out = Image(src).load()
+    assert out.mode == "RGB" and src.mode == "L" and out.getpixel((0, 0)) == (128, 128, 128)
+    cmyk = PILImage.new("CMYK", (3, 3), (0, 0, 0, 0))
+    assert Image(cmyk).load().getpixel((0, 0)) == (255, 255, 255)
+    i16 = PILImage.new("I;16", (3, 3), 65535)
+    assert Image(png_bytes(i16)).load().getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_orientation_applied():
+    img = PILImage.new("RGB", (20, 10), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 10, 10))  # left half red
+    exif = PILImage.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif.tobytes(), quality=95)
+    out = Image(buf.getvalue()).load()
+    assert out.size == (10, 20)
+    r, g, b = out.getpixel((5, 2))  # the red half is now on top
+    assert r > 200 and b < 60
+
+
+def test_alpha_composited_on_white():
+    rgba = PILImage.new("RGBA", (4, 4), (255, 0, 0, 0))
+    rgba.putpixel((0, 0), (255, 0, 0, 255))
+    out = Image(png_bytes(rgba)).load()
+    assert out.getpixel((1, 1)) == (255, 255, 255)
+    assert out.getpixel((0, 0)) == (255, 0, 0)
+    la = PILImage.new("LA", (2, 2), (0, 0))
+    assert Image(la).load().getpixel((0, 0)) == (255, 255, 255)
+    half = Image(PILImage.new("RGBA", (2, 2), (0, 0, 0, 128))).load().getpixel((0, 0))
+    assert all(120 <= c <= 135 for c in half)
+    pal = PILImage.new("P", (2, 2), 0)
+    pal.putpalette([0, 0, 0, 255, 0, 0])
+    pal.info["transparency"] = 0
+    assert Image(png_bytes(pal, transparency=0)).load().getpixel((0, 0)) == (255, 255, 255)
+
+
+# ------------------------------------------------------------------ bad images
+
+
+def test_corrupt_truncated_random_bytes_name_index():
+    data = png_bytes(PILImage.effect_noise((64, 64), 50).convert("RGB"))
+    cases = [b"hello world, not an image", data[: len(data) // 2], bytes(range(256)) * 4, b""]
+    for bad in cases:
+        with pytest.raises(InputError) as ei:
+            parse_inputs(["text", Image(bad)])
+        assert ei.value.index == 1
+        assert str(ei.value).startswith("input 1: not a valid image")
+
+
+def _bomb_png(w: int, h: int) -> bytes:
+    """A real 1-bit PNG of w x h zeros, compressed row by row (never held decoded)."""
+
+    def chunk(tag: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+    comp = zlib.compressobj(9)
+    row = b"\0" * (1 + (w + 7) // 8)
+    idat = b"".join(comp.compress(row) for _ in range(h)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_refused():
+    bomb = _bomb_png(20000, 20000)
+    assert len(bomb) < 200_000
+    with pytest.raises(InputError) as ei:
+        parse_inputs([Image(bomb)])
+    assert ei.value.index == 0 and "too large" in str(ei.value)
+    # our own header check (below PIL's threshold)
+    small = _bomb_png(100, 100)
+    with pytest.raises(InputError, match="too large.*10000 pixels"):
+        Image(small).load(InputLimits(max_image_pixels=9999))
+    assert Image(small).load(InputLimits(max_image_pixels=10000)).size == (100, 100)
+    with pytest.raises(InputError, match="too large"):
+        Image(PILImage.new("L", (100, 100))).load(InputLimits(max_image_pixels=9999))
+
+
+def test_byte_limit():
+    data = png_bytes(red())
+    lim = InputLimits(max_image_bytes=len(data) - 1)
+    for src in (data, base64.b64encode(data).decode()):
+        with pytest.raises(InputError, match=f"larger than {len(data) - 1} bytes"):
+            Image(src).load(lim)
+
+
+def test_unreadable_string_sources(tmp_path):
+    with pytest.raises(InputError, match="not a readable image source"):
+        Image("cat.png").load()
+    with pytest.raises(InputError, match="scheme 'file'"):
+        Image("file:///etc/passwd").load()
+    with pytest.raises(InputError, match="scheme 'ftp'"):
+        Image("ftp://example.com/x.png").load()
+    no_paths = InputLimits(allow_local_paths=False)
+    with pytest.raises(InputError, match="local file paths are not allowed"):
+        Image("/etc/passwd").load(no_paths)
+    p = tmp_path / "x.png"
+    p.write_bytes(png_bytes(red()))
+    with pytest.raises(InputError, match="local file paths are not allowed"):
+        Image(str(p)).load(no_paths)
+    with pytest.raises(InputError, match="local file paths are not allowed"):
+        Image(p).load(no_paths)
+    with pytest.raises(InputError, match="not a valid image"):
+        Image("/etc/passwd").load()  # readable when allowed, but not an image
+
+
+def test_image_constructor_type_check():
+    with pytest.raises(InputError, match="Image source must be"):
+        Image(123)  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        st.binary(max_size=2048),
+        st.binary(max_size=512).map(lambda b: b"\x89PNG\r\n\x1a\n" + b),
+        st.binary(max_size=512).map(lambda b: b"\xff\xd8\xff" + b),
+        st.binary(max_size=512).map(lambda b: b"GIF89a" + b),
+        st.binary(max_size=512).map(lambda b: b"II*\x00" + b),
+        st.binary(max_size=512).map(lambda b: b"BM" + b),
+        st.binary(max_size=512).map(lambda b: b"RIFF\x00\x00\x00\x00WEBPVP8 " + b),
+    )
+)
+def test_arbitrary_bytes_only_input_error(data):
+    try:
+        im = Image(data).load(InputLimits(max_image_pixels=1_000_000))
+    except InputError:
+        return
+    assert im.mode == "RGB"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 200), st.binary(min_size=1, max_size=8))
+def test_mutated_png_only_input_error(pos, junk):
+    data = bytearray(png_bytes(PILImage.effect_noise((16, 16), 40)))
+    pos = min(pos, len(data) - 1)
+    data[pos : pos + len(junk)] = junk
+    try:
+        Image(bytes(data)).load()
+    except InputError:
+        pass
+
+
+# ------------------------------------------------------------------ parse_inputs
+
+
+def test_parse_inputs_mixed_and_indices(tmp_path):
+    pdf = _pdf_bytes(3)
+    items, origin = parse_inputs(["a", Image(png_bytes(red())), PDF(pdf, dpi=36), red((2, 2)), "b"])
+    assert origin == [0, 1, 2, 2, 2, 3, 4]
+    assert items[0] == "a" and items[-1] == "b"
+    assert all(isinstance(x, PILImage.Image) and x.mode == "RGB" for x in items[1:6])
+    assert parse_inputs("just text") == (["just text"], [0])
+    assert parse_inputs([]) == ([], [])
+
+
+def test_parse_inputs_wrong_types():
+    with pytest.raises(InputError) as ei:
+        parse_inputs(["ok", 42])
+    assert ei.value.index == 1 and "allowed: str" in str(ei.value)
+    with pytest.raises(InputError, match="wrap"):
+        parse_inputs([b"bytes"])
+    with pytest.raises(InputError, match="ambiguous"):
+        parse_inputs(b"bytes")
+    with pytest.raises(InputError) as ei:
+        parse_inputs(["a", ["nested"]])
+    assert ei.value.index == 1
+    with pytest.raises(InputError, match="input 0: text is not valid Unicode"):
+        parse_inputs(["bad \ud800 surrogate"])
+
+
+def test_input_error_shape():
+    e = InputError(3, "image is truncated or corrupt (x)")
+    assert str(e) == "input 3: image is truncated or corrupt (x)"
+    assert isinstance(e, ValueError) and e.index == 3 and e.reason.startswith("image")
+    assert str(InputError(None, "r")) == "r"
+    e2 = pickle.loads(pickle.dumps(e))
+    assert (e2.index, e2.reason) == (3, e.reason)
+
+
+def test_limits_frozen_and_validated():
+    with pytest.raises(Exception):
+        InputLimits().max_image_bytes = 1  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        InputLimits(max_pdf_pages=0)
+    assert replace(InputLimits(), allow_url_fetch=False).allow_url_fetch is False
+
+
+# ------------------------------------------------------------------ PDF
+
+
+def _pdf_bytes(n: int, size=(200, 100)) -> bytes:
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (0, 0, 0)]
+    pages = [PILImage.new("RGB", size, colours[i % 4]) for i in range(n)]
+    buf = io.BytesIO()
+    pages[0].save(buf, "PDF", save_all=True, append_images=pages[1:], resolution=72)
+    return buf.getvalue()
+
+
+def _dominant(img: PILImage.Image):
+    return img.resize((1, 1)).getpixel((0, 0))
+
+
+def test_pdf_pages_order_count_and_dpi(tmp_path):
+    data = _pdf_bytes(3)
+    pages = PDF(data, dpi=72).render()
+    assert len(pages) == 3
+    assert [p.size for p in pages] == [(200, 100)] * 3
+    cols = [_dominant(p) for p in pages]
+    assert cols[0][0] > 200 and cols[1][1] > 200 and cols[2][2] > 200
+    assert PDF(data, dpi=144).render()[0].size == (400, 200)
+    sel = PDF(data, dpi=36, pages=[2, 0, -2]).render()
+    assert [max(range(3), key=lambda c: _dominant(p)[c]) for p in sel] == [2, 0, 1]
+    assert PDF(data).page_count() == 3
+    p = tmp_path / "d.pdf"
+    p.write_bytes(data)
+    b64 = base64.b64encode(data).decode()
+    for src in (str(p), p, b64, "data:application/pdf;base64," + b64):
+        assert len(PDF(src, dpi=36).render()) == 3
+
+
+def test_pdf_limits():
+    data = _pdf_bytes(3)
+    pages = PDF(data, dpi=144).render(InputLimits(max_pdf_pixels_per_page=10_000))
+    w, h = pages[0].size
+    assert w * h <= 10_000 and abs(w / h - 2) < 0.1 and w > 100
+    with pytest.raises(InputError, match="too many pages"):
+        PDF(data).render(InputLimits(max_pdf_pages=2))
+    assert len(PDF(data, pages=[0]).render(InputLimits(max_pdf_pages=1))) == 1
+    with pytest.raises(InputError, match="out of range"):
+        PDF(data, pages=[3]).render()
+    with pytest.raises(InputError, match="dpi"):
+        PDF(data, dpi=0)
+
+
+def test_malformed_pdf():
+    for bad in (b"%PDF-1.4\nnot really a pdf", b"", b"hello", _pdf_bytes(1)[:60]):
+        with pytest.raises(InputError) as ei:
+            parse_inputs(["x", PDF(bad)])
+        assert ei.value.index == 1 and "not a valid PDF" in str(ei.value)
+    with pytest.raises(InputError, match="not a PDF"):
+        PDF("data:image/png;base64," + base64.b64encode(b"x" * 8).decode()).render()
+
+
+# ------------------------------------------------------------------ URL safety
+
+
+@pytest.mark.parametrize(
+    "ip,forbidden",
+    [
+        ("10.0.0.1", True),
+        ("127.0.0.1", True),
+        ("169.254.169.254", True),
+        ("::1", True),
+        ("fd00:ec2::254", True),
+        ("192.168.1.1", True),
+        ("172.16.0.1", True),
+        ("100.64.0.1", True),
+        ("0.0.0.0", True),
+        ("224.0.0.1", True),
+        ("::ffff:127.0.0.1", True),
+        ("64:ff9b::a00:1", True),
+        ("2002:a00:1::", True),
+        ("fe80::1%eth0", True),
+        ("8.8.8.8", False),
+        ("2606:4700:4700::1111", False),
+    ],
+)
+def test_forbidden_addresses(ip, forbidden):
+    assert I._is_forbidden_address(ip) is forbidden
+    assert I._is_forbidden_address(ipaddress.ip_address(ip.split("%")[0])) is forbidden
+
+
+IMG = png_bytes(red())
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a):  # keep test output quiet
+        pass
+
+    def do_GET(self):
+        path = self.path
+        if path == "/img.png":
+            self._send(IMG)
+        elif path == "/big":
+            self._send(b"x" * 5000)
+        elif path == "/big-nolength":
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"x" * 5000)
+        elif path.startswith("/redirect?to="):
+            self.send_response(302)
+            self.send_header("Location", path.split("=", 1)[1])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif path == "/loop":
+            self.send_response(301)
+            self.send_header("Location", "/loop")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif path == "/slow":
+            time.sleep(1.5)
+            self._send(IMG)
+        elif path == "/host":
+            self._send(self.headers.get("Host", "").encode())
+        else:
+            self.send_error(404)
+
+    def _send(self, body: bytes):
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.daemon_threads = True
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_loopback_refused_by_default_and_allowed_when_asked(server):
+    with pytest.raises(InputError) as ei:
+        parse_inputs([Image(server + "/img.png")])
+    assert ei.value.index == 0 and "private or reserved" in str(ei.value)
+    with pytest.raises(InputError, match="private"):
+        Image(server.replace("127.0.0.1", "localhost") + "/img.png").load()
+    im = Image(server + "/img.png").load(LOCAL)
+    assert im.size == (8, 6) and im.getpixel((0, 0)) == (255, 0, 0)
+    port = server.rsplit(":", 1)[1]
+    assert fetch_url(server + "/host", LOCAL) == f"127.0.0.1:{port}".encode()
+
+
+def test_url_fetch_disabled(server):
+    lim = InputLimits(allow_url_fetch=False, allow_private_urls=True)
+    with pytest.raises(InputError, match="URL fetching is disabled"):
+        Image(server + "/img.png").load(lim)
+    with pytest.raises(InputError, match="URL fetching is disabled"):
+        fetch_url("https://example.com/x.png", lim)
+
+
+def test_redirects(server, monkeypatch):
+    assert fetch_url(server + "/redirect?to=/img.png", LOCAL) == IMG
+    with pytest.raises(InputError, match="too many redirects"):
+        fetch_url(server + "/loop", LOCAL)
+    with pytest.raises(InputError, match="too many redirects"):
+        fetch_url(server + "/redirect?to=/img.png", replace(LOCAL, max_redirects=0))
+    with pytest.raises(InputError, match="scheme 'file'"):
+        fetch_url(server + "/redirect?to=file:///etc/passwd", LOCAL)
+    # Pretend 127.0.0.1 is a public server; its redirect to a private address must be refused
+    # (before any connection to 10.0.0.1 is attempted).
+    real = I._is_forbidden_address
+    monkeypatch.setattr(I, "_is_forbidden_address", lambda ip: str(ip) != "127.0.0.1" and real(ip))
+    assert fetch_url(server + "/img.png", InputLimits()) == IMG
+    for target in ("http://10.0.0.1:9/x.png", "http://169.254.169.254/latest/meta-data/", "http://[::1]:9/"):
+        with pytest.raises(InputError, match="private or reserved"):
+            fetch_url(server + "/redirect?to=" + target, InputLimits())
+
+
+def test_size_cap_and_errors_over_http(server):
+    lim = replace(LOCAL, max_image_bytes=1000)
+    for path in ("/big", "/big-nolength"):
+        with pytest.raises(InputError, match="larger than 1000 bytes"):
+            fetch_url(server + path, lim)
+    with pytest.raises(InputError, match="HTTP 404"):
+        fetch_url(server + "/missing", LOCAL)
+    t = time.monotonic()
+    with pytest.raises(InputError, match="timed out"):
+        fetch_url(server + "/slow", replace(LOCAL, url_timeout_s=0.3))
+    assert time.monotonic() - t < 1.2
+    with pytest.raises(InputError, match="malformed URL"):
+        fetch_url("http://[::1/x.png", LOCAL)
+    with pytest.raises(InputError, match="malformed URL"):
+        fetch_url("http://127.0.0.1:99999/x.png", LOCAL)
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not available")
+    d = tmp_path_factory.mktemp("tls")
+    key, cert = d / "key.pem", d / "cert.pem"
+    r = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+        capture_output=True,
+    )
+    if r.returncode:
+        pytest.skip("could not make a test certificate")
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.daemon_threads = True
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(cert, key)
+    srv.socket = sctx.wrap_socket(srv.socket, server_side=True)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv.server_address[1], cert
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_https_pinned_ip_keeps_sni_and_hostname_check(tls_server, monkeypatch):
+    import ssl
+
+    port, cert = tls_server
+    # Untrusted self-signed certificate: refused as an InputError.
+    with pytest.raises(InputError, match="could not fetch URL"):
+        fetch_url(f"https://localhost:{port}/img.png", replace(LOCAL, url_timeout_s=3))
+    ctx = ssl.create_default_context(cafile=str(cert))
+    monkeypatch.setattr(I, "_tls_context", lambda: ctx)
+    # Connected to the vetted IP, yet the certificate is checked against the URL's host name.
+    assert fetch_url(f"https://localhost:{port}/img.png", LOCAL) == IMG
+    assert fetch_url(f"https://localhost:{port}/host", LOCAL) == f"localhost:{port}".encode()
+    with pytest.raises(InputError, match="could not fetch URL"):
+        fetch_url(f"https://127.0.0.1:{port}/img.png", replace(LOCAL, url_timeout_s=3))
