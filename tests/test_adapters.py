@@ -93,7 +93,7 @@ def test_per_token_routing_and_length_check():
         w = layer.base.weight if ids[i] < 0 else layer.merged_weight(TASKS[int(ids[i])])
         torch.testing.assert_close(out[i], tokens[i] @ w.T + layer.base.bias, atol=1e-5, rtol=1e-5)
     layer.router.set([0, 1])
-    with pytest.raises(RuntimeError, match="leading dimension"):
+    with pytest.raises(RuntimeError, match="LoRA routing has 2 entries"):
         layer(tokens)
 
 

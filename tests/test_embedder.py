@@ -142,3 +142,16 @@ def test_progress_bar_does_not_change_results(default_model):
     a = default_model.encode(TEXTS, progress=True)
     b = default_model.encode(TEXTS, progress=False)
     np.testing.assert_array_equal(a, b)
+
+
+def test_chunked_pipeline_keeps_order_and_global_error_index(default_model, monkeypatch):
+    from omnivec import embedder
+
+    texts = [f"text {i} " * (i % 5 + 1) for i in range(11)]
+    whole = default_model.encode(texts)
+    monkeypatch.setattr(embedder, "PREPARE_CHUNK", 3)
+    np.testing.assert_allclose(default_model.encode(texts), whole, atol=1e-5)
+    with pytest.raises(InputError, match="input 7"):
+        default_model.encode(texts[:7] + [5] + texts)
+    with pytest.raises(InputError, match="input 4"):
+        default_model.encode(texts[:4] + [omnivec.Image(b"broken")])

@@ -216,3 +216,36 @@ def test_end_to_end_through_embedder(tiny_dir, ref):
     for i, x in enumerate(items[:2]):
         _, m = ref.embed(x, "code", "query")
         assert mv[i].shape == m.shape and (mv[i] * m).sum(-1).min() >= COS
+
+
+@pytest.fixture(scope="session")
+def packed_model(tiny_dir):
+    return JinaV4Model.from_directory(tiny_dir, device="cpu", packed=True)
+
+
+def test_packed_equals_padded_and_reference(model, packed_model, ref):
+    """The padding-free varlen path (the GPU default) computes the padded path's vectors."""
+    from omnivec.models import packing
+
+    assert packed_model.packed and not packed_model.padded and not model.packed
+    items = TEXTS + [_image(64, 48, 1), _image(40, 90, 2, "RGBA"), "trailing text"]
+    names = ["retrieval.query", "retrieval.passage", "text-matching", "code.query", "code.passage"]
+    tasks = [resolve_task(names[i % len(names)]) for i in range(len(items))]
+    before = dict(packing.STATS)
+    packed = _check_against_ref(packed_model, ref, items, tasks)
+    assert packing.STATS["sdpa_segments"] > before["sdpa_segments"]     # really ran packed
+    prepared = [model.prepare(x, t, OPT) for x, t in zip(items, tasks)]
+    padded = model.forward(prepared, dense=True, multivector=True)
+    assert float((packed.dense - padded.dense).abs().max()) <= 1e-5
+    for a, b in zip(packed.multivector, padded.multivector):
+        assert a.shape == b.shape and float((a - b).abs().max()) <= 1e-5
+
+
+def test_packed_embedder_batches_by_token_sum(tiny_dir):
+    import omnivec
+
+    m = omnivec.load(tiny_dir, device="cpu", packed=True)
+    texts = [f"text number {i} " * (i % 7 + 1) for i in range(40)]
+    together = m.encode(texts, task="retrieval.passage")
+    one_by_one = np.concatenate([m.encode([t], task="retrieval.passage") for t in texts])
+    assert np.abs(together - one_by_one).max() <= 1e-5

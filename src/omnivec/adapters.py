@@ -124,18 +124,24 @@ class MultiTaskLoRALinear(nn.Module):
         router = self.router
         if router.task_ids is None:
             return out
-        if x.shape[0] != router.task_ids.numel():
-            raise RuntimeError(f"LoRA routing has {router.task_ids.numel()} entries but the input's "
-                               f"leading dimension is {x.shape[0]}")
+        n = router.task_ids.numel()
         if router.single is not None:
+            if x.shape[0] != n and x.shape[:-1].numel() != n:
+                raise RuntimeError(f"LoRA routing has {n} entries but the input is {tuple(x.shape)}")
             if router.single < 0:
                 return out
             return out + self._delta(x, router.single).to(out.dtype)
+        if x.shape[0] == n:
+            flat_x, flat_out = x, out
+        elif x.shape[:-1].numel() == n:   # per-token routing of a packed (1, N, H) sequence
+            flat_x, flat_out = x.reshape(n, x.shape[-1]), out.reshape(n, out.shape[-1])
+        else:
+            raise RuntimeError(f"LoRA routing has {n} entries but the input is {tuple(x.shape)}")
         for task, idx in router.groups:
             if idx.device != x.device:
                 idx = idx.to(x.device)
-            out = out.index_add(0, idx, self._delta(x.index_select(0, idx), task).to(out.dtype))
-        return out
+            flat_out = flat_out.index_add(0, idx, self._delta(flat_x.index_select(0, idx), task).to(out.dtype))
+        return flat_out.reshape(out.shape)
 
     def merged_weight(self, task: str) -> torch.Tensor:
         """``W + B @ A * scaling``: the dense weight one task is equivalent to (for checks/export)."""

@@ -7,8 +7,9 @@ convert precision -> results in input order.
 from __future__ import annotations
 
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -20,8 +21,12 @@ from .models.base import EmbeddingModel, Prepared, PrepareOptions
 from .scoring import score as _score
 from .tasks import TaskSpec, resolve_tasks
 
+T = TypeVar("T")
+
 # Calls with more items than this show a progress bar unless told otherwise.
 PROGRESS_THRESHOLD = 256
+# Inputs are parsed and prepared in chunks of this many, one chunk ahead of the model.
+PREPARE_CHUNK = 1024
 
 
 @dataclass
@@ -85,25 +90,38 @@ class Embedder:
             raise ValueError(f"max_tokens must be a positive integer, got {max_tokens!r}")
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        n_inputs = 1 if isinstance(inputs, (str, Image, PDF)) or _is_pil(inputs) else _length(inputs)
+        if isinstance(inputs, (str, Image, PDF)) or _is_pil(inputs):
+            inputs = [inputs]
+        n_inputs = _length(inputs)
         tasks = resolve_tasks(task, n_inputs, prompt_name)
-        items, origins = parse_inputs(inputs, limits or self.limits)
         options = PrepareOptions(max_tokens=max_tokens, truncate=truncate, max_pixels=max_pixels)
-        prepared = [self._prepare(item, tasks[origin], options, origin)
-                    for item, origin in zip(items, origins)]
-        dense_rows: list[torch.Tensor | None] = [None] * len(prepared)
-        multi_rows: list[torch.Tensor | None] = [None] * len(prepared)
-        batches = plan_batches([p.cost for p in prepared], max_tokens=self.batch_tokens,
-                               max_rows=batch_size or self.max_batch_rows, padded=self.model.padded)
-        with _progress(len(prepared), progress) as advance:
-            for batch in batches:
-                out = self.model.forward([prepared[i] for i in batch], dense=dense, multivector=multivector)
-                for row, i in enumerate(batch):
-                    if dense:
-                        dense_rows[i] = out.dense[row]
-                    if multivector:
-                        multi_rows[i] = out.multivector[row]
-                advance(len(batch))
+        limits = limits or self.limits
+        prepared: list[Prepared] = []
+        origins: list[int] = []
+        dense_rows: list[torch.Tensor] = []
+        multi_rows: list[torch.Tensor] = []
+        with _progress(n_inputs, progress) as bar:
+            # Chunk k+1 is parsed and prepared on CPU threads while chunk k runs on the model.
+            for chunk_prepared, chunk_origins in _pipelined(
+                    self._prepare_chunk(inputs, tasks, start, options, limits)
+                    for start in range(0, n_inputs, PREPARE_CHUNK)):
+                bar.grow(len(chunk_prepared) - len(set(chunk_origins)))
+                offset = len(prepared)
+                prepared.extend(chunk_prepared)
+                origins.extend(chunk_origins)
+                dense_rows.extend([None] * len(chunk_prepared))
+                multi_rows.extend([None] * len(chunk_prepared))
+                batches = plan_batches([p.cost for p in chunk_prepared], max_tokens=self.batch_tokens,
+                                       max_rows=batch_size or self.max_batch_rows, padded=self.model.padded)
+                for batch in batches:
+                    out = self.model.forward([chunk_prepared[i] for i in batch], dense=dense,
+                                             multivector=multivector)
+                    for row, i in enumerate(batch):
+                        if dense:
+                            dense_rows[offset + i] = out.dense[row]
+                        if multivector:
+                            multi_rows[offset + i] = out.multivector[row]
+                    bar.advance(len(batch))
         dense_out = None
         if dense:
             stacked = (torch.stack(dense_rows).float().numpy() if prepared
@@ -173,6 +191,18 @@ class Embedder:
         """Dense dot products of 2-D arrays, or MaxSim of multi-vector lists: (len(a), len(b))."""
         return _score(a, b)
 
+    def _prepare_chunk(self, inputs: Sequence[Any], tasks: list[TaskSpec], start: int,
+                       options: PrepareOptions, limits: InputLimits) -> Callable[[], tuple[list[Prepared], list[int]]]:
+        """A deferred job: parse and prepare inputs[start:start+PREPARE_CHUNK] (origins are global)."""
+        def job() -> tuple[list[Prepared], list[int]]:
+            try:
+                items, local = parse_inputs(list(inputs[start:start + PREPARE_CHUNK]), limits)
+            except InputError as e:
+                raise InputError(None if e.index is None else start + e.index, e.reason) from e
+            origins = [start + i for i in local]
+            return [self._prepare(item, tasks[o], options, o) for item, o in zip(items, origins)], origins
+        return job
+
     def _prepare(self, item: Any, task: TaskSpec, options: PrepareOptions, origin: int) -> Prepared:
         try:
             return self.model.prepare(item, task, options)
@@ -203,6 +233,33 @@ def _reference_return(out: Any, return_numpy: bool, multivector: bool) -> Any:
     return [torch.from_numpy(row) for row in out]
 
 
+def _pipelined(jobs: Iterable[Callable[[], T]]) -> Iterator[T]:
+    """Run each job one step ahead in a background thread; yields results in order.
+
+    The first job runs inline (small calls pay no thread start-up); later jobs overlap with
+    whatever the caller does with the previous result (the model's forward passes).
+    """
+    jobs = iter(jobs)
+    first = next(jobs, None)
+    if first is None:
+        return
+    current = first()
+    nxt = next(jobs, None)
+    if nxt is None:
+        yield current
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnivec-prepare") as pool:
+        future = pool.submit(nxt)
+        while True:
+            yield current
+            current = future.result()
+            nxt = next(jobs, None)
+            if nxt is None:
+                break
+            future = pool.submit(nxt)
+        yield current
+
+
 class _progress:
     """A rich progress bar for long calls; a no-op for small ones."""
 
@@ -210,17 +267,27 @@ class _progress:
         self.enabled = total > PROGRESS_THRESHOLD and sys.stderr.isatty() if enabled is None else enabled
         self.total = total
         self._bar = None
+        self._task = None
 
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-        self._bar = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(),
-                             TimeElapsedColumn(), TimeRemainingColumn(), transient=True)
-        self._bar.__enter__()
-        task = self._bar.add_task("embed", total=self.total)
-        return lambda n: self._bar.advance(task, n)
+    def __enter__(self) -> "_progress":
+        if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+            self._bar = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), transient=True)
+            self._bar.__enter__()
+            self._task = self._bar.add_task("embed", total=self.total)
+        return self
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, n)
+
+    def grow(self, n: int) -> None:
+        """More items than inputs (PDF pages): extend the total."""
+        if self._bar is not None and n:
+            self.total += n
+            self._bar.update(self._task, total=self.total)
 
     def __exit__(self, *exc: Any) -> None:
         if self._bar is not None:

@@ -186,6 +186,130 @@ def _to_old_layout(key: str) -> str:
     return key
 
 
+def full_qwen25vl_config_dict(*, projector_dim: int = 128) -> dict:
+    """config.json of jina-embeddings-v4 at full size (Qwen2.5-VL-3B, reference section 1)."""
+    cfg = tiny_qwen25vl_config_dict(hidden=2048, layers=36, heads=16, kv_heads=2, intermediate=11008,
+                                    vision_depth=32, vision_hidden=1280, projector_dim=projector_dim)
+    cfg["rope_scaling"] = {"type": "mrope", "mrope_section": [16, 24, 24]}
+    cfg["tie_word_embeddings"] = True
+    cfg["torch_dtype"] = "bfloat16"
+    cfg["vision_config"].update(intermediate_size=3420, num_heads=16, out_hidden_size=2048,
+                                fullatt_block_indexes=[7, 15, 23, 31], window_size=112)
+    cfg["matryoshka_dims"] = [128, 256, 512, 1024, 2048]
+    return cfg
+
+
+def _lora_module_paths(cfg: dict, layout: str) -> list[str]:
+    """Saved module paths of every LoRA target: q,k,v,o,gate,up,down of each LM layer + projector."""
+    lm_prefix = "model.layers" if layout == "old" else "model.language_model.layers"
+    modules = []
+    for i in range(cfg["num_hidden_layers"]):
+        for name in LORA_TARGETS:
+            sub = "mlp" if name in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+            modules.append(f"{lm_prefix}.{i}.{sub}.{name}")
+    modules.append("multi_vector_projector")
+    return modules
+
+
+def make_random_jina_v4(path: str | Path, config: dict, *, seed: int = 0, r: int = 32, alpha: float = 32,
+                        device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
+                        max_pixels: int = 602112, layout: Literal["old", "new"] = "old",
+                        adapter_prefix: bool = True, weight_std: float = 0.02,
+                        lora_b_std: float = 0.03, shard_bytes: int = 4 * 1024 ** 3) -> Path:
+    """Write a randomly initialised jina-embeddings-v4 checkpoint (any size) and return ``path``.
+
+    ``config``: a config.json dict (``tiny_qwen25vl_config_dict()`` / ``full_qwen25vl_config_dict()``).
+    Weights are drawn on ``device`` (a GPU makes the 3.75B-parameter model take seconds), cast
+    to ``dtype`` and written as ``model.safetensors`` or, above ``shard_bytes``, as
+    ``model-0000k-of-0000n.safetensors`` shards plus ``model.safetensors.index.json``.
+    Matrices ~ N(0, weight_std), norm weights ~ 1 + N(0, 0.1), other vectors ~ N(0, 0.02);
+    LoRA A ~ N(0, 1/in), B ~ N(0, lora_b_std), non-zero for all three tasks (projector included,
+    vision tower excluded). ``layout``/``adapter_prefix`` as in :func:`make_tiny_jina_v4`.
+    The model structure is built on the meta device, so no memory is spent on it.
+    """
+    from safetensors.torch import save_file
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    cfg = dict(config)
+    (path / "config.json").write_text(json.dumps(cfg, indent=2))
+    (path / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(max_pixels), indent=2))
+    write_qwen_tokenizer(path)
+
+    config_obj = Qwen2_5_VLConfig(**{k: v for k, v in cfg.items() if k not in ("architectures", "auto_map")})
+    with torch.device("meta"):
+        skeleton = Qwen2_5_VLForConditionalGeneration(config_obj)
+    shapes = [(k, tuple(v.shape)) for k, v in skeleton.state_dict().items() if not k.endswith("inv_freq")]
+    del skeleton
+    tied = bool(cfg.get("tie_word_embeddings", False))
+    hidden, proj_dim = int(cfg["hidden_size"]), int(cfg.get("multi_vector_projector_dim", 128))
+    shapes += [("multi_vector_projector.weight", (proj_dim, hidden)), ("multi_vector_projector.bias", (proj_dim,))]
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(shape: tuple[int, ...], std: float, mean: float = 0.0) -> torch.Tensor:
+        t = torch.empty(shape, device=device, dtype=torch.float32).normal_(mean, std, generator=gen)
+        return t.to(dtype).cpu().contiguous()
+
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    out_shapes: dict[str, tuple[int, ...]] = {}
+    for k, shape in shapes:
+        if tied and k == "lm_head.weight":
+            continue       # tied to embed_tokens: not stored, as in the official checkpoint
+        if k == "multi_vector_projector.weight":
+            v = randn(shape, 1.0 / hidden ** 0.5)
+        elif len(shape) >= 2:
+            v = randn(shape, weight_std)
+        elif k.endswith("norm.weight") or k.endswith("ln_q.weight") or ".norm" in k:
+            v = randn(shape, 0.1, 1.0)
+        else:
+            v = randn(shape, 0.02)
+        key = _to_old_layout(k) if layout == "old" else k
+        out_shapes[key] = shape
+        nbytes = v.numel() * v.element_size()
+        if shards[-1] and size + nbytes > shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = v
+        size += nbytes
+    if len(shards) == 1:
+        save_file(shards[0], str(path / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        total = 0
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(path / name), metadata={"format": "pt"})
+            for k, v in shard.items():
+                weight_map[k] = name
+                total += v.numel() * v.element_size()
+        (path / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    del shards
+
+    lora: dict[str, torch.Tensor] = {}
+    pre = "base_model.model." if adapter_prefix else ""
+    for mod in _lora_module_paths(cfg, layout):
+        out_f, in_f = out_shapes[mod + ".weight"]
+        for task in TASK_NAMES:
+            lora[f"{pre}{mod}.lora_A.{task}.weight"] = randn((r, in_f), 1.0 / in_f ** 0.5)
+            lora[f"{pre}{mod}.lora_B.{task}.weight"] = randn((out_f, r), lora_b_std)
+    adir = path / "adapters"
+    adir.mkdir(exist_ok=True)
+    save_file(lora, str(adir / "adapter_model.safetensors"), metadata={"format": "pt"})
+    target_regex = (r"(.*(model).*(down_proj|gate_proj|up_proj|k_proj|q_proj|v_proj|o_proj).*$"
+                    r"|.*(multi_vector_projector).*$)")
+    acfg = {"peft_type": "LORA", "task_type": "FEATURE_EXTRACTION", "r": r, "lora_alpha": alpha,
+            "lora_dropout": 0.0, "bias": "none", "target_modules": target_regex,
+            "task_names": list(TASK_NAMES), "use_rslora": False, "use_dora": False,
+            "inference_mode": True, "base_model_name_or_path": "random-jina-embeddings-v4"}
+    (adir / "adapter_config.json").write_text(json.dumps(acfg, indent=2))
+    return path
+
+
 def make_tiny_jina_v4(path: str | Path, seed: int = 0, *, layout: Literal["old", "new"] = "old",
                       adapter_prefix: bool = True, r: int = 4, alpha: float = 8.0,
                       projector_dim: int = 16, dtype: torch.dtype = torch.float32,
@@ -196,63 +320,9 @@ def make_tiny_jina_v4(path: str | Path, seed: int = 0, *, layout: Literal["old",
     ``"new"``: ``model.language_model.layers.*`` / ``model.visual.*``. LoRA A and B are random
     and non-zero for all three tasks on q,k,v,o,gate,up,down of the language model and on the
     projector (not the vision tower); ``adapter_prefix`` adds ``base_model.model.`` to keys.
+    Larger-than-default weights (std 0.05) so every layer visibly shapes the output.
     """
-    from safetensors.torch import save_file
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    cfg = tiny_qwen25vl_config_dict(projector_dim=projector_dim)
-    (path / "config.json").write_text(json.dumps(cfg, indent=2))
-    (path / "preprocessor_config.json").write_text(json.dumps(preprocessor_config(max_pixels), indent=2))
-    write_qwen_tokenizer(path)
-
-    gen = torch.Generator().manual_seed(seed)
-    config = Qwen2_5_VLConfig(**{k: v for k, v in cfg.items() if k != "architectures"})
-    torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    state = {}
-    for k, v in model.state_dict().items():
-        if k.endswith("inv_freq"):
-            continue
-        # Larger-than-default random weights so every layer visibly shapes the output.
-        if v.dim() >= 2:
-            v = torch.randn(v.shape, generator=gen) * 0.05
-        elif k.endswith("norm.weight") or k.endswith("ln_q.weight") or ".norm" in k:
-            v = 1.0 + 0.1 * torch.randn(v.shape, generator=gen)
-        else:
-            v = 0.02 * torch.randn(v.shape, generator=gen)
-        key = _to_old_layout(k) if layout == "old" else k
-        state[key] = v.to(dtype).contiguous()
-    hidden = cfg["hidden_size"]
-    state["multi_vector_projector.weight"] = (torch.randn(projector_dim, hidden, generator=gen) / hidden ** 0.5).to(dtype)
-    state["multi_vector_projector.bias"] = (0.02 * torch.randn(projector_dim, generator=gen)).to(dtype)
-    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
-
-    # Adapters: every language-model target and the projector, random non-zero A and B.
-    lm_prefix = "model.layers" if layout == "old" else "model.language_model.layers"
-    modules = []
-    for i in range(cfg["num_hidden_layers"]):
-        for name in LORA_TARGETS:
-            sub = "mlp" if name in ("gate_proj", "up_proj", "down_proj") else "self_attn"
-            modules.append(f"{lm_prefix}.{i}.{sub}.{name}")
-    modules.append("multi_vector_projector")
-    sd = {k: v for k, v in state.items()}
-    lora: dict[str, torch.Tensor] = {}
-    pre = "base_model.model." if adapter_prefix else ""
-    for mod in modules:
-        out_f, in_f = sd[mod + ".weight"].shape
-        for task in TASK_NAMES:
-            lora[f"{pre}{mod}.lora_A.{task}.weight"] = (torch.randn(r, in_f, generator=gen) / in_f ** 0.5).to(dtype)
-            lora[f"{pre}{mod}.lora_B.{task}.weight"] = (0.05 * torch.randn(out_f, r, generator=gen)).to(dtype)
-    adir = path / "adapters"
-    adir.mkdir(exist_ok=True)
-    save_file(lora, str(adir / "adapter_model.safetensors"), metadata={"format": "pt"})
-    target_regex = (r"(.*(model).*(down_proj|gate_proj|up_proj|k_proj|q_proj|v_proj|o_proj).*$"
-                    r"|.*(multi_vector_projector).*$)")
-    acfg = {"peft_type": "LORA", "task_type": "FEATURE_EXTRACTION", "r": r, "lora_alpha": alpha,
-            "lora_dropout": 0.0, "bias": "none", "target_modules": target_regex,
-            "task_names": list(TASK_NAMES), "use_rslora": False, "use_dora": False,
-            "inference_mode": True, "base_model_name_or_path": "tiny-jina-embeddings-v4"}
-    (adir / "adapter_config.json").write_text(json.dumps(acfg, indent=2))
-    return path
+    return make_random_jina_v4(path, tiny_qwen25vl_config_dict(projector_dim=projector_dim), seed=seed,
+                               r=r, alpha=alpha, device="cpu", dtype=dtype, max_pixels=max_pixels,
+                               layout=layout, adapter_prefix=adapter_prefix, weight_std=0.05,
+                               lora_b_std=0.05)

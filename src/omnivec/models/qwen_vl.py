@@ -23,6 +23,7 @@ from torch import nn
 from ..adapters import get_router, load_adapters, task_routing
 from ..tasks import TaskSpec
 from .base import EmbeddingModel, ForwardOutput, Prepared, PrepareOptions, pick_device
+from .packing import cu_seqlens_from_lengths, packed_forward, rope_index_for_row, varlen_attention
 
 PROMPT_PREFIX = {"query": "Query: ", "passage": "Passage: "}
 IMAGE_TEMPLATE_PRE = "<|im_start|>user\n<|vision_start|>"
@@ -101,8 +102,14 @@ class JinaV4Model(EmbeddingModel):
 
     def __init__(self, net: JinaV4Net, config: Any, jina_cfg: dict, tokenizer: Any, image_processor: Any,
                  *, name: str = "jina-embeddings-v4", device: torch.device, dtype: torch.dtype,
-                 adapters: tuple[str, ...] = ()) -> None:
+                 adapters: tuple[str, ...] = (), packed: bool | None = None) -> None:
         self.net = net.eval()
+        # Packed (padding-free, varlen attention) by default on GPUs; padded sdpa on the CPU,
+        # where short padded batches are as fast and the padded path is the reference.
+        self.packed = device.type == "cuda" if packed is None else bool(packed)
+        self.padded = not self.packed
+        if self.packed:
+            self.batch_tokens, self.max_batch_rows = 16384, 512
         self.config = config
         self.tokenizer = tokenizer
         self.image_processor = image_processor
@@ -130,8 +137,12 @@ class JinaV4Model(EmbeddingModel):
     # ------------------------------------------------------------------------------ loading
     @classmethod
     def from_directory(cls, path: str | Path, device: str | torch.device | None = None,
-                       dtype: torch.dtype | None = None) -> "JinaV4Model":
-        """Load a checkpoint directory in the official layout (either transformers key layout)."""
+                       dtype: torch.dtype | None = None, packed: bool | None = None) -> "JinaV4Model":
+        """Load a checkpoint directory in the official layout (either transformers key layout).
+
+        ``packed``: run batches as one padding-free sequence with varlen attention (default: on
+        CUDA). Both paths compute the same vectors.
+        """
         from safetensors.torch import load_file
         from transformers import Qwen2_5_VLConfig
         from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
@@ -200,7 +211,7 @@ class JinaV4Model(EmbeddingModel):
         tokenizer = cls._load_tokenizer(path)
         image_processor = cls._load_image_processor(path)
         return cls(net, config, cfg_dict, tokenizer, image_processor, name=path.name or "jina-embeddings-v4",
-                   device=dev, dtype=dtype, adapters=adapters)
+                   device=dev, dtype=dtype, adapters=adapters, packed=packed)
 
     @staticmethod
     def _load_tokenizer(path: Path) -> Any:
@@ -284,9 +295,12 @@ class JinaV4Model(EmbeddingModel):
         grid = out["image_grid_thw"].to(torch.long).reshape(1, 3)
         n_tokens = int(grid.prod()) // (self.spatial_merge ** 2)
         ids = self._pre_ids + [self.image_token_id] * n_tokens + self._post_ids
+        # M-RoPE positions depend only on the ids and the grid: computed here, on the CPU,
+        # so the packed GPU path does no per-row Python work.
+        positions = rope_index_for_row(self.net.model, torch.tensor(ids), grid) if self.packed else None
         return Prepared(kind="image", task=task, cost=len(ids),
                         data={"input_ids": ids, "pixel_values": pixels, "image_grid_thw": grid,
-                              "task_index": self._task_index(task)})
+                              "task_index": self._task_index(task), "position_ids": positions})
 
     # ------------------------------------------------------------------------------ forward
     def _position_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -304,10 +318,16 @@ class JinaV4Model(EmbeddingModel):
     @torch.inference_mode()
     def forward(self, batch: list[Prepared], *, dense: bool = True,
                 multivector: bool = False) -> ForwardOutput:
-        """One right-padded pass over text and image rows, each with its own task adapter."""
+        """One pass over text and image rows, each with its own task adapter."""
         if not batch:
             return ForwardOutput(dense=torch.zeros(0, self.dim) if dense else None,
                                  multivector=[] if multivector else None)
+        if self.packed:
+            return self._forward_packed(batch, dense=dense, multivector=multivector)
+        return self._forward_padded(batch, dense=dense, multivector=multivector)
+
+    def _forward_padded(self, batch: list[Prepared], *, dense: bool, multivector: bool) -> ForwardOutput:
+        """Right-padded rows through the standard transformers forward (sdpa, dense mask)."""
         dev = self.device
         lengths = torch.tensor([len(p.data["input_ids"]) for p in batch])
         b, s = len(batch), int(lengths.max())
@@ -355,5 +375,64 @@ class JinaV4Model(EmbeddingModel):
             mv_out = list(torch.split(proj, lengths.tolist()))
         return ForwardOutput(dense=dense_out, multivector=mv_out)
 
-    def padded_cost(self, batch_costs: list[int]) -> int:
-        return max(batch_costs) * len(batch_costs) if batch_costs else 0
+    def _image_features(self, images: list[Prepared]) -> torch.Tensor:
+        """Merged vision-tower features of all image rows, (n_image_tokens, H), in row order."""
+        dev = self.device
+        pixel_values = torch.cat([p.data["pixel_values"] for p in images]).to(dev, self.dtype, non_blocking=True)
+        grid = torch.cat([p.data["image_grid_thw"] for p in images]).to(dev)
+        visual = self.net.model.visual
+        # On CUDA the vision tower's window/full attention also runs as varlen segments.
+        ctx = varlen_attention(self.net.model.language_model, visual) if dev.type == "cuda" else nullcontext()
+        with ctx:
+            out = visual(pixel_values, grid_thw=grid)
+        return out.pooler_output if hasattr(out, "pooler_output") else out
+
+    def _forward_packed(self, batch: list[Prepared], *, dense: bool, multivector: bool) -> ForwardOutput:
+        """All rows as one padding-free sequence; attention kept inside each row (varlen)."""
+        dev = self.device
+        lengths = [len(p.data["input_ids"]) for p in batch]
+        n = sum(lengths)
+        ids_cpu = torch.cat([torch.as_tensor(p.data["input_ids"], dtype=torch.long) for p in batch])
+        ids = ids_cpu.to(dev, non_blocking=True)
+        embeds = self.net.model.get_input_embeddings()(ids)
+        images = [p for p in batch if p.kind == "image"]
+        if images:
+            feats = self._image_features(images)
+            embeds = embeds.masked_scatter((ids == self.image_token_id).unsqueeze(-1), feats.to(embeds.dtype))
+        # Positions restart per row; image rows carry their M-RoPE positions from prepare().
+        offsets = torch.tensor([0] + lengths[:-1]).cumsum(0)
+        row_of_token = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor(lengths))
+        positions = (torch.arange(n) - offsets[row_of_token]).view(1, n).repeat(3, 1)
+        pool = torch.ones(n, dtype=torch.float32)
+        for i, p in enumerate(batch):
+            if p.kind == "image":
+                start = int(offsets[i])
+                positions[:, start:start + lengths[i]] = p.data["position_ids"]
+                # dense pooling of an image row: <|vision_start|> .. <|vision_end|> inclusive
+                row = ids_cpu[start:start + lengths[i]]
+                vs = int((row == self.vision_start_id).nonzero()[0])
+                ve = int((row == self.vision_end_id).nonzero()[0])
+                pool[start:start + lengths[i]] = 0.0
+                pool[start + vs:start + ve + 1] = 1.0
+        cu, max_len = cu_seqlens_from_lengths(lengths, dev)
+        row_tasks = torch.tensor([p.data.get("task_index", -1) for p in batch], dtype=torch.long)
+        token_tasks = row_tasks.repeat_interleave(torch.tensor(lengths))
+        routing = token_tasks if get_router(self.net) is not None else None
+        with task_routing(self.net, routing):
+            hidden = packed_forward(self.net.model.language_model, embeds.unsqueeze(0),
+                                    positions.unsqueeze(1).to(dev, non_blocking=True), cu, max_len)
+        dense_out = None
+        if dense:
+            w = pool.to(dev, non_blocking=True)
+            rows = row_of_token.to(dev, non_blocking=True)
+            summed = torch.zeros(len(batch), self.dim, device=dev, dtype=torch.float32)
+            summed.index_add_(0, rows, hidden.to(torch.float32) * w.unsqueeze(1))
+            counts = torch.zeros(len(batch), device=dev).index_add_(0, rows, w)
+            dense_out = (summed / counts.unsqueeze(1)).cpu()
+        mv_out = None
+        if multivector:
+            with task_routing(self.net, routing):
+                proj = self.net.multi_vector_projector(hidden)
+            proj = F.normalize(proj.to(torch.float32), dim=-1).cpu()
+            mv_out = list(torch.split(proj, lengths))
+        return ForwardOutput(dense=dense_out, multivector=mv_out)
