@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -90,4 +91,23 @@ def load_model(name: str | os.PathLike | None = None, *, device: str | torch.dev
                dtype: torch.dtype | None = None, **kwargs) -> EmbeddingModel:
     """Load a model family instance by name, hub id or directory."""
     path = resolve_model_path(name)
-    return _family_loader(detect_family(path))(path, device=device, dtype=dtype, **kwargs)
+    loader = _family_loader(detect_family(path))
+    with _quiet_transformers():
+        return loader(path, device=device, dtype=dtype, **kwargs)
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' per-load progress bars and info logs are noise for an embedding CLI/server."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if was_enabled:
+            hf_logging.enable_progress_bar()
