@@ -1,0 +1,35 @@
+import json
+
+import pytest
+
+from omnivec.models.registry import detect_family, resolve_model_path
+
+
+def test_detect_family(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl",
+                                                      "architectures": ["JinaEmbeddingsV4Model"]}))
+    assert detect_family(tmp_path) == "jina-v4"
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "xlm-roberta"}))
+    assert detect_family(tmp_path) == "encoder"
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match="unsupported model type 'llama'"):
+        detect_family(tmp_path)
+    with pytest.raises(ValueError, match="no config.json"):
+        detect_family(tmp_path / "missing")
+
+
+def test_unknown_names_and_offline_hub_ids_are_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        resolve_model_path("nope")
+    with pytest.raises(ValueError, match="pass the local directory"):
+        resolve_model_path("jinaai/jina-embeddings-v4")
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"x")
+    with pytest.raises(ValueError, match="is a file"):
+        resolve_model_path(f)
+
+
+def test_builtin_minilm_resolves_to_the_installed_package():
+    path = resolve_model_path("all-MiniLM-L6-v2")
+    assert (path / "config.json").exists()
