@@ -191,17 +191,26 @@ class Embedder:
         """Dense dot products of 2-D arrays, or MaxSim of multi-vector lists: (len(a), len(b))."""
         return _score(a, b)
 
+    def prepare_inputs(self, inputs: Sequence[Any], tasks: Sequence[TaskSpec], options: PrepareOptions,
+                       limits: InputLimits | None = None, start: int = 0) -> tuple[list[Prepared], list[int]]:
+        """Parse and prepare ``inputs`` (``tasks[i]`` for input ``start + i``) on the CPU.
+
+        Returns the prepared items (a PDF gives one per page) and, per item, the index of the
+        input it came from (offset by ``start``). Errors name that index. Thread-safe: the
+        server's engine calls it from a worker pool.
+        """
+        try:
+            items, local = parse_inputs(list(inputs), limits or self.limits)
+        except InputError as e:
+            raise InputError(None if e.index is None else start + e.index, e.reason) from e
+        origins = [start + i for i in local]
+        return [self._prepare(item, tasks[o - start], options, o) for item, o in zip(items, origins)], origins
+
     def _prepare_chunk(self, inputs: Sequence[Any], tasks: list[TaskSpec], start: int,
                        options: PrepareOptions, limits: InputLimits) -> Callable[[], tuple[list[Prepared], list[int]]]:
-        """A deferred job: parse and prepare inputs[start:start+PREPARE_CHUNK] (origins are global)."""
-        def job() -> tuple[list[Prepared], list[int]]:
-            try:
-                items, local = parse_inputs(list(inputs[start:start + PREPARE_CHUNK]), limits)
-            except InputError as e:
-                raise InputError(None if e.index is None else start + e.index, e.reason) from e
-            origins = [start + i for i in local]
-            return [self._prepare(item, tasks[o], options, o) for item, o in zip(items, origins)], origins
-        return job
+        """A deferred job: prepare inputs[start:start+PREPARE_CHUNK] (origins are global)."""
+        end = start + PREPARE_CHUNK
+        return lambda: self.prepare_inputs(inputs[start:end], tasks[start:end], options, limits, start)
 
     def _prepare(self, item: Any, task: TaskSpec, options: PrepareOptions, origin: int) -> Prepared:
         try:

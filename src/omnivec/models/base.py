@@ -12,12 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from PIL import Image as PILImage
 
 from ..tasks import TaskSpec
-
-Item = "str | PILImage.Image"
-
 
 @dataclass
 class Prepared:

@@ -1,0 +1,154 @@
+"""Wire formats of ``POST /v1/embeddings``: the Jina and OpenAI dialects on one route.
+
+Dialect rule (documented in the README, "HTTP API"):
+
+* **OpenAI** when the body has an OpenAI-only field (``encoding_format`` or ``user``) or when
+  ``input`` is token ids (a list of integers or a list of such lists). The official SDKs always
+  send ``encoding_format``, so they are always recognised. ``task`` and ``truncate`` are
+  accepted here too as extensions (``extra_body`` in the SDK).
+* **Jina** otherwise: plain JSON with string / ``{text}`` / ``{image}`` / ``{pdf}`` inputs and
+  the Jina fields. A string-only body without ``encoding_format`` is Jina; its success
+  response is byte-compatible with OpenAI's float response, only errors differ in shape.
+
+Errors raised before the dialect is known (authentication, body size, malformed JSON,
+overload) carry both envelopes at once: ``{detail, code, request_id, error: {...}}``.
+
+Request models are strict (no silent "1" -> 1 coercion) so wrong types are 422s naming the
+field path instead of surprises.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+MAX_INPUTS = 2048
+EMBEDDING_TYPES = ("float", "base64", "binary", "ubinary")
+EmbeddingType = Literal["float", "base64", "binary", "ubinary"]
+TaskName = Literal["text-matching", "retrieval.query", "retrieval.passage", "code.query", "code.passage"]
+JINA_ONLY = ("task", "embedding_type", "late_chunking", "return_multivector",
+             "return_tokenized_input", "truncate", "normalized")
+OPENAI_ONLY = ("encoding_format", "user")
+# Jina fields the OpenAI dialect also accepts (so ``extra_body={"task": ...}`` works).
+OPENAI_EXTENSIONS = ("task", "truncate")
+
+
+class TextDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: StrictStr
+
+
+class ImageDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    image: StrictStr
+
+
+class PDFDoc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pdf: StrictStr
+
+
+JinaItem = Union[StrictStr, TextDoc, ImageDoc, PDFDoc]
+
+
+class JinaRequest(BaseModel):
+    """Jina ``EmbeddingsV4Request`` (plus ``normalized``; PDFs are also accepted inside lists)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: StrictStr
+    input: Union[JinaItem, list[JinaItem]]
+    task: Optional[TaskName] = "text-matching"
+    dimensions: Optional[StrictInt] = Field(default=None, gt=0, le=2048)
+    embedding_type: Optional[Union[EmbeddingType, list[EmbeddingType]]] = None
+    truncate: Optional[StrictBool] = False
+    late_chunking: Optional[StrictBool] = False
+    return_multivector: Optional[StrictBool] = False
+    return_tokenized_input: Optional[StrictBool] = False
+    normalized: Optional[StrictBool] = True
+
+
+class OpenAIRequest(BaseModel):
+    """OpenAI ``CreateEmbeddingRequest`` with ``task``/``truncate`` as extensions."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: StrictStr
+    input: Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Optional[StrictInt] = Field(default=None, gt=0)
+    user: Optional[StrictStr] = None
+    task: Optional[TaskName] = "text-matching"
+    truncate: Optional[StrictBool] = False
+
+
+def _is_token_ids(value: Any) -> bool:
+    if not isinstance(value, list) or not value:
+        return False
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return True
+    return all(isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
+               for v in value)
+
+
+def detect_dialect(body: Any) -> Literal["jina", "openai"]:
+    """Apply the dialect rule of the module docstring to a parsed JSON body."""
+    if not isinstance(body, dict):
+        return "jina"
+    if any(k in body for k in OPENAI_ONLY) or _is_token_ids(body.get("input")):
+        return "openai"
+    return "jina"
+
+
+_TYPE_TAGS = {"str", "int", "bool", "float", "list", "dict", "none"}
+
+
+def mixed_dialect_problem(body: dict) -> str | None:
+    """Why an OpenAI-dialect body carries Jina-only parts, or None when it is clean."""
+    extra = [k for k in JINA_ONLY if k in body and k not in OPENAI_EXTENSIONS]
+    items = body.get("input") if isinstance(body.get("input"), list) else [body.get("input")]
+    if any(isinstance(x, dict) for x in items):
+        extra.append("input objects ({text}/{image}/{pdf})")
+    if not extra:
+        return None
+    return (f"{', '.join(extra)} belong to the Jina dialect, but encoding_format/user/token ids make "
+            "this an OpenAI-dialect request; drop one or the other")
+
+
+def field_path(loc: tuple[Any, ...]) -> str:
+    """``("input", 3, "ImageDoc", "image")`` -> ``input[3].image`` (drops pydantic's union tags)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and (part[:1].isupper() or "[" in part or part in _TYPE_TAGS
+                                        or part.startswith("function-")):
+            continue  # union member tags such as "ImageDoc", "str" or "list[...]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "body"
+
+
+# ------------------------------------------------------------------ responses
+
+def usage(tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
+def jina_error(detail: str, code: str, request_id: str, errors: list[dict] | None = None) -> dict:
+    out: dict[str, Any] = {"detail": detail, "code": code, "request_id": request_id}
+    if errors is not None:
+        out["errors"] = errors
+    return out
+
+
+def openai_error(message: str, type_: str, param: str | None, code: str | None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def model_list(ids: list[str], owner: str, created: int, info: dict[str, Any]) -> dict:
+    """OpenAI's ``/v1/models`` list, with a few of Jina's ``ModelInfo`` fields per entry."""
+    modalities = ["text", "image"]
+    return {"object": "list", "data": [
+        {"id": i, "object": "model", "created": created, "owned_by": owner,
+         "name": info.get("model", i), "input_modalities": modalities,
+         "output_modalities": ["embeddings"], "context_length": info.get("max_tokens"),
+         "max_output_length": info.get("dim")} for i in ids]}

@@ -1,0 +1,206 @@
+"""Server mechanics with a fake, controllably slow model: batching, back-pressure, disconnects, auth.
+
+No real model here, so these run in milliseconds and are deterministic.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from omnivec.embedder import Embedder
+from omnivec.models.base import EmbeddingModel, ForwardOutput, Prepared, PrepareOptions
+from omnivec.server import ServerSettings, create_app
+from omnivec.server.engine import Engine, Overloaded
+from omnivec.tasks import TaskSpec, resolve_task
+
+from _server_util import LiveServer, metric
+
+
+class FakeModel(EmbeddingModel):
+    """Text -> a vector derived from its words; ``delay`` seconds per forward; counts forwards."""
+
+    name = "fake"
+    family = "fake"
+    dim = 8
+    multivector_dim = 8
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.forwards: list[int] = []
+        self.lock = threading.Lock()
+        self.concurrent = 0
+        self.max_concurrent = 0
+
+    def prepare(self, item, task: TaskSpec, options: PrepareOptions) -> Prepared:
+        if not isinstance(item, str):
+            item = "image"
+        words = item.split()
+        return Prepared("text", task, len(words) + 2, {"text": item, "task": task.api_name})
+
+    def forward(self, batch, *, dense=True, multivector=False) -> ForwardOutput:
+        with self.lock:
+            self.concurrent += 1
+            self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        try:
+            time.sleep(self.delay)
+            self.forwards.append(len(batch))
+            vecs = torch.stack([_vec(p.data["text"], p.data["task"]) for p in batch])
+            multi = [v.repeat(2, 1) for v in vecs] if multivector else None
+            return ForwardOutput(vecs if dense else None, multi)
+        finally:
+            with self.lock:
+                self.concurrent -= 1
+
+
+def _vec(text: str, task: str) -> torch.Tensor:
+    rng = np.random.default_rng(abs(hash((text, task))) % 2**32)
+    return torch.from_numpy(rng.standard_normal(8).astype(np.float32))
+
+
+def test_engine_merges_concurrent_requests_and_routes_rows_back() -> None:
+    model = FakeModel(delay=0.05)
+    engine = Engine(Embedder(model), max_wait_ms=20)
+    tasks = ["retrieval.query", "code.passage", "text-matching"]
+
+    async def main():
+        engine.start()
+        try:
+            async def one(i: int):
+                texts = [f"request {i} item {k}" for k in range(1 + i % 3)]
+                task = resolve_task(tasks[i % 3])
+                prepared, _ = await engine.prepare(texts, [task] * len(texts), PrepareOptions(), engine.embedder.limits)
+                res = await engine.submit(prepared, multivector=False)
+                return texts, task, res
+            return await asyncio.gather(*(one(i) for i in range(24)))
+        finally:
+            await engine.stop()
+
+    for texts, task, res in asyncio.run(main()):
+        want = torch.stack([_vec(t, task.api_name) for t in texts]).numpy()
+        np.testing.assert_array_equal(res.dense, want)
+    assert model.max_concurrent == 1           # exactly one forward at a time
+    assert len(model.forwards) < 24            # rows of different requests shared batches
+    assert sum(model.forwards) == sum(1 + i % 3 for i in range(24))
+
+
+def test_engine_skips_cancelled_jobs() -> None:
+    model = FakeModel(delay=0.2)
+    engine = Engine(Embedder(model), max_wait_ms=0)
+
+    async def main():
+        engine.start()
+        try:
+            task = resolve_task("text-matching")
+            first, _ = await engine.prepare(["busy"], [task], PrepareOptions(), engine.embedder.limits)
+            second, _ = await engine.prepare(["dropped a", "dropped b"], [task] * 2, PrepareOptions(),
+                                             engine.embedder.limits)
+            busy = asyncio.ensure_future(engine.submit(first, False))
+            await asyncio.sleep(0.05)          # the worker is now inside the first forward
+            gone = asyncio.ensure_future(engine.submit(second, False))
+            await asyncio.sleep(0.01)
+            gone.cancel()
+            await busy
+            await asyncio.sleep(0.3)
+        finally:
+            await engine.stop()
+
+    asyncio.run(main())
+    assert model.forwards == [1]
+    assert engine.metrics.dropped._value.get() == 2
+
+
+def test_admission_budget() -> None:
+    engine = Engine(Embedder(FakeModel()), max_pending_items=4)
+    engine.admit(10)                            # alone: admitted even over budget
+    with pytest.raises(Overloaded):
+        engine.admit(1)
+    engine.release(10)
+    engine.admit(3)
+    engine.admit(1)
+    with pytest.raises(Overloaded):
+        engine.admit(1)
+
+
+@pytest.fixture(scope="module")
+def slow_server():
+    model = FakeModel(delay=0.4)
+    settings = ServerSettings(api_keys=["k-one", "k-two"], max_pending_items=4, max_body_bytes=4096,
+                              allow_url_fetch=True)
+    with LiveServer(create_app(Embedder(model), settings)) as server:
+        server.model = model
+        yield server
+
+
+AUTH = {"Authorization": "Bearer k-two"}
+
+
+def test_api_key_required_in_both_dialects(slow_server) -> None:
+    url = slow_server.url + "/v1/embeddings"
+    jina = {"model": "default", "input": ["x"]}
+    r = httpx.post(url, json=jina)
+    assert r.status_code == 401
+    body = r.json()   # the dialect is unknown before auth: both envelopes
+    assert body["code"] == "AUTH_INVALID_API_KEY" and body["request_id"] and body["detail"]
+    assert body["error"]["code"] == "auth_invalid_api_key" and body["error"]["message"]
+    assert httpx.post(url, json=jina, headers={"Authorization": "Bearer k-on"}).status_code == 401
+    assert httpx.post(url, json=jina, headers={"Authorization": "Basic k-one"}).status_code == 401
+    assert httpx.get(slow_server.url + "/v1/models").status_code == 401
+    assert httpx.post(url, json=jina, headers=AUTH).status_code == 200
+    assert httpx.get(slow_server.url + "/health").status_code == 200   # probes stay open
+
+
+def test_body_cap_refused_before_reading(slow_server) -> None:
+    url = slow_server.url + "/v1/embeddings"
+    big = {"model": "default", "input": ["word " * 2000]}
+    r = httpx.post(url, json=big, headers=AUTH)
+    assert r.status_code == 413 and r.json()["code"] == "INPUT_BODY_TOO_LARGE"
+
+    def chunks():                                # no Content-Length: counted while streaming
+        yield b'{"model": "default", "input": ["'
+        for _ in range(100):
+            yield b"a" * 100
+        yield b'"]}'
+    r = httpx.post(url, content=chunks(), headers=AUTH)
+    assert r.status_code == 413
+    assert httpx.post(url, json={"model": "default", "input": ["ok"]}, headers=AUTH).status_code == 200
+
+
+def test_url_inputs_to_private_addresses_refused(slow_server) -> None:
+    url = slow_server.url + "/v1/embeddings"
+    for target in (slow_server.url + "/health", "http://169.254.169.254/latest/meta-data",
+                   "http://[::1]/x.png", "file:///etc/passwd", "/etc/passwd"):
+        r = httpx.post(url, json={"model": "default", "input": [{"image": target}]}, headers=AUTH)
+        assert r.status_code == 422, (target, r.text)
+        assert r.json()["errors"][0]["field"] == "input[0].image"
+
+
+def test_back_pressure_and_disconnect(slow_server) -> None:
+    url = slow_server.url + "/v1/embeddings"
+    before = httpx.get(slow_server.url + "/metrics").text
+    results: dict[str, httpx.Response] = {}
+
+    def busy():
+        results["busy"] = httpx.post(url, json={"model": "default", "input": ["a", "b", "c"]}, headers=AUTH,
+                                     timeout=30)
+    t = threading.Thread(target=busy)
+    t.start()
+    time.sleep(0.15)                             # 3 of 4 pending items taken
+    r = httpx.post(url, json={"model": "default", "input": ["d", "e"]}, headers=AUTH)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    assert r.json()["code"] == "SERVICE_OVERLOADED"
+    # A client that gives up: its queued item never reaches the model.
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(url, json={"model": "default", "input": ["never computed"]}, headers=AUTH, timeout=0.1)
+    t.join()
+    assert results["busy"].status_code == 200
+    time.sleep(0.6)
+    after = httpx.get(slow_server.url + "/metrics").text
+    assert metric(after, "omnivec_dropped_items_total") - metric(before, "omnivec_dropped_items_total") == 1
+    assert metric(after, "omnivec_rejected_requests_total") >= 1
+    assert httpx.post(url, json={"model": "default", "input": ["after"]}, headers=AUTH).status_code == 200
