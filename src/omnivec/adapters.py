@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 PEFT_PREFIX = "base_model.model."
@@ -130,7 +131,13 @@ class MultiTaskLoRALinear(nn.Module):
                 raise RuntimeError(f"LoRA routing has {n} entries but the input is {tuple(x.shape)}")
             if router.single < 0:
                 return out
-            return out + self._delta(x, router.single).to(out.dtype)
+            # out + B(A(x)) * scaling with the add fused into the B GEMM (no extra elementwise passes)
+            name = self.task_names[router.single]
+            a, b = self.lora_A[name].weight, self.lora_B[name].weight
+            h = F.linear(x.to(a.dtype), a)
+            flat_out = out.reshape(-1, out.shape[-1])
+            return torch.addmm(flat_out, h.reshape(-1, h.shape[-1]).to(out.dtype), b.to(out.dtype).t(),
+                               alpha=self.scaling).view(out.shape)
         if x.shape[0] == n:
             flat_x, flat_out = x, out
         elif x.shape[:-1].numel() == n:   # per-token routing of a packed (1, N, H) sequence

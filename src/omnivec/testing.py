@@ -215,7 +215,8 @@ def make_random_jina_v4(path: str | Path, config: dict, *, seed: int = 0, r: int
                         device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
                         max_pixels: int = 602112, layout: Literal["old", "new"] = "old",
                         adapter_prefix: bool = True, weight_std: float = 0.02,
-                        lora_b_std: float = 0.03, shard_bytes: int = 4 * 1024 ** 3) -> Path:
+                        lora_b_std: float = 0.03, scaled_init: bool = False,
+                        shard_bytes: int = 4 * 1024 ** 3) -> Path:
     """Write a randomly initialised jina-embeddings-v4 checkpoint (any size) and return ``path``.
 
     ``config``: a config.json dict (``tiny_qwen25vl_config_dict()`` / ``full_qwen25vl_config_dict()``).
@@ -225,6 +226,11 @@ def make_random_jina_v4(path: str | Path, config: dict, *, seed: int = 0, r: int
     Matrices ~ N(0, weight_std), norm weights ~ 1 + N(0, 0.1), other vectors ~ N(0, 0.02);
     LoRA A ~ N(0, 1/in), B ~ N(0, lora_b_std), non-zero for all three tasks (projector included,
     vision tower excluded). ``layout``/``adapter_prefix`` as in :func:`make_tiny_jina_v4`.
+    ``scaled_init`` (GPT-2/Megatron style): embeddings ~ N(0, 1) and the residual-output
+    projections (o_proj, down_proj, vision attn.proj / mlp.down_proj) and their LoRA B scaled by
+    1/sqrt(2 * depth), so the residual stream is not dominated by 36 random layers; such a model
+    is about as sensitive to bf16 rounding as a trained one (unscaled random 3B models amplify
+    kernel-order differences to per-token cosines ~0.98).
     The model structure is built on the meta device, so no memory is spent on it.
     """
     from safetensors.torch import save_file
@@ -256,13 +262,25 @@ def make_random_jina_v4(path: str | Path, config: dict, *, seed: int = 0, r: int
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     out_shapes: dict[str, tuple[int, ...]] = {}
+    depth_lm = int(cfg["num_hidden_layers"])
+    depth_vis = int(cfg.get("vision_config", {}).get("depth", 1))
+
+    def out_scale(name: str) -> float:
+        if not scaled_init:
+            return 1.0
+        if name.endswith(("o_proj.weight", "mlp.down_proj.weight", "attn.proj.weight")):
+            return 1.0 / (2 * (depth_vis if "visual" in name else depth_lm)) ** 0.5
+        return 1.0
+
     for k, shape in shapes:
         if tied and k == "lm_head.weight":
             continue       # tied to embed_tokens: not stored, as in the official checkpoint
         if k == "multi_vector_projector.weight":
             v = randn(shape, 1.0 / hidden ** 0.5)
+        elif scaled_init and k.endswith("embed_tokens.weight"):
+            v = randn(shape, 1.0)
         elif len(shape) >= 2:
-            v = randn(shape, weight_std)
+            v = randn(shape, weight_std * out_scale(k))
         elif k.endswith("norm.weight") or k.endswith("ln_q.weight") or ".norm" in k:
             v = randn(shape, 0.1, 1.0)
         else:
@@ -296,7 +314,7 @@ def make_random_jina_v4(path: str | Path, config: dict, *, seed: int = 0, r: int
         out_f, in_f = out_shapes[mod + ".weight"]
         for task in TASK_NAMES:
             lora[f"{pre}{mod}.lora_A.{task}.weight"] = randn((r, in_f), 1.0 / in_f ** 0.5)
-            lora[f"{pre}{mod}.lora_B.{task}.weight"] = randn((out_f, r), lora_b_std)
+            lora[f"{pre}{mod}.lora_B.{task}.weight"] = randn((out_f, r), lora_b_std * out_scale(mod + ".weight"))
     adir = path / "adapters"
     adir.mkdir(exist_ok=True)
     save_file(lora, str(adir / "adapter_model.safetensors"), metadata={"format": "pt"})
