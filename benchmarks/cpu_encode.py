@@ -3,7 +3,8 @@
 Both run the materialised multilingual-e5-small (fp32) on the same >= 2,000 real passages (Python
 standard-library docstrings, "passage: " prefix), in the same process, alternating A/B rounds so
 drift hits both. Prints passages/s of each, the ratio, and the cosine between their vectors;
-then the same for omnivec's dynamic-int8 path. No timed assertions: this prints numbers.
+then the same for omnivec's dynamic-int8 path. omnivec uses its default CPU backend (ONNX
+Runtime when available; ``--backend torch`` for the PyTorch path). No timed assertions.
 
     python benchmarks/cpu_encode.py [--n 2000] [--rounds 3] [--threads 2]
 """
@@ -24,6 +25,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--backend", choices=["onnx", "torch"], default=None,
+                    help="omnivec backend (default: the model's choice, onnx on the CPU)")
     ap.add_argument("--st-batch-size", type=int, default=32, help="sentence-transformers batch size")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -35,8 +38,8 @@ def main() -> None:
 
     passages = stdlib_passages(args.n)
     path = str(resolve_model_path(None))
-    ours = omnivec.load(device="cpu")
-    ours_q = omnivec.load(device="cpu", quantize=True)
+    ours = omnivec.load(device="cpu", backend=args.backend)
+    ours_q = omnivec.load(device="cpu", quantize=True, backend=args.backend)
     word = models.Transformer(path, max_seq_length=512)
     st = SentenceTransformer(modules=[word, models.Pooling(word.get_word_embedding_dimension(), "mean"),
                                       models.Normalize()], device="cpu")
@@ -73,6 +76,8 @@ def main() -> None:
           f"torch {torch.__version__}, threads {args.threads}")
     print(f"passages: {len(passages)} stdlib docstrings, median {statistics.median(len(p) for p in passages)} chars; "
           f"rounds: {args.rounds} (A/B alternated, median)")
+    print(f"omnivec backend: {ours.info()['backend']}, int8 path: {ours_q.info()['backend']} "
+          f"{ours_q.info()['quantization']}; load average: {os.getloadavg()[0]:.2f}")
     for name in runners:
         print(f"  {name:24s} {rate[name]:8.1f} passages/s   (runs: {', '.join(f'{t:.1f}s' for t in times[name])})")
     base = rate["sentence-transformers"]

@@ -471,14 +471,15 @@ def main() -> None:
     rows = []
     for name, wl in workloads.items():
         vo, to, mo = timed(dev, lambda: run_omnivec(m, wl))
-        if args.profile and name == "text" and dev.type == "cuda":
+        if args.profile and name in ("text", "images") and dev.type == "cuda":
             from torch.profiler import ProfilerActivity, profile
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                run_omnivec(m, subset(wl, 300))
+                run_omnivec(m, subset(wl, 300 if name == "text" else 20))
                 sync(dev)
-            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+            sort = "cuda_time_total" if name == "text" else "self_cpu_time_total"
+            table = prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=60)
             print(table)
-            results["profile_text"] = table
+            results[f"profile_{name}"] = table
         vb, tb, mb = base_out[name]
         n_b = len(vb.dense)
         is_img = [not isinstance(x, str) for x in wl.inputs]

@@ -249,3 +249,19 @@ def test_packed_embedder_batches_by_token_sum(tiny_dir):
     together = m.encode(texts, task="retrieval.passage")
     one_by_one = np.concatenate([m.encode([t], task="retrieval.passage") for t in texts])
     assert np.abs(together - one_by_one).max() <= 1e-5
+
+
+def test_vision_groups_and_threaded_prepare_do_not_change_vectors(tiny_dir, monkeypatch):
+    import omnivec
+    from omnivec.models import qwen_vl
+
+    m = omnivec.load(tiny_dir, device="cpu", packed=True)
+    items = [_image(64, 48, 1), "a text", _image(40, 90, 2), _image(56, 56, 3), "another"]
+    tasks = ["retrieval.passage", "code.query", "text-matching", "retrieval.passage", "code.passage"]
+    whole = m.embed(items, tasks, multivector=True)
+    monkeypatch.setattr(qwen_vl, "VISION_CHUNK_PATCHES", 1)       # one page per vision group
+    m.model.prepare_threads = 3                                    # prepare on worker threads
+    split = m.embed(items, tasks, multivector=True)
+    assert np.abs(whole.dense - split.dense).max() <= 1e-5
+    for a, b in zip(whole.multivector, split.multivector):
+        assert np.abs(a - b).max() <= 1e-5

@@ -1,4 +1,4 @@
-"""Command line: ``omnivec embed`` and ``omnivec info`` (more commands join as they land)."""
+"""Command line: ``omnivec embed``, ``omnivec info`` and ``omnivec serve`` (more commands join as they land)."""
 from __future__ import annotations
 
 import json
@@ -131,6 +131,86 @@ def info(
     if not m.model.supports_images:
         Console().print("[yellow]note:[/yellow] this model reads text only; images and PDF pages are "
                         "converted to text by OCR (rapidocr) and embedded as text.")
+
+
+@app.command()
+def serve(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or directory (default: embedded)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (0.0.0.0 exposes it)."),
+    port: int = typer.Option(8080, "--port", "-p"),
+    api_key: List[str] = typer.Option([], "--api-key", help="Accepted Bearer key (repeatable; none = open)."),
+    model_alias: List[str] = typer.Option([], "--model-alias",
+                                          help="Extra accepted model names, e.g. jina-embeddings-v4 (repeatable)."),
+    allow_url_fetch: bool = typer.Option(False, "--allow-url-fetch",
+                                         help="Let inputs be http(s) URLs (private addresses stay refused)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: GPU if present)."),
+    max_body_mb: float = typer.Option(64.0, "--max-body-mb", help="Largest accepted request body."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a batch waits for more requests."),
+    max_pending: int = typer.Option(8192, "--max-pending-items", help="Queued items before answering 503."),
+    log_level: str = typer.Option("info", "--log-level"),
+) -> None:
+    """Serve the HTTP API (Jina- and OpenAI-compatible /v1/embeddings) with cross-request batching."""
+    import uvicorn
+
+    import omnivec
+    from omnivec.server import ServerSettings, create_app
+    settings = ServerSettings(model_aliases=list(model_alias), api_keys=list(api_key),
+                              allow_url_fetch=allow_url_fetch, max_body_bytes=int(max_body_mb * 2**20),
+                              max_wait_ms=max_wait_ms, max_pending_items=max_pending)
+    app_ = create_app(loader=lambda: omnivec.load(model, device=device), settings=settings)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    auth = ' -H "Authorization: Bearer $KEY"' if api_key else ""
+    err.print(f"[bold]omnivec[/bold] serving {model or omnivec.DEFAULT_MODEL} on {url} "
+              f"(ready when {url}/ready says so; docs at {url}/docs)", soft_wrap=True)
+    err.print(f"try:  curl -s {url}/v1/embeddings -H 'Content-Type: application/json'{auth} "
+              "-d '{\"model\": \"default\", \"input\": [\"hello world\"]}'", markup=False, highlight=False, soft_wrap=True)
+    uvicorn.run(app_, host=host, port=port, log_level=log_level)
+
+
+@app.command("eval")
+def eval_(
+    suite: str = typer.Argument(..., help="humaneval | django-xlang | vdr-rendered | a BEIR or QA dataset path."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or directory (default: embedded)."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Override tasks: retrieval | code | text-matching."),
+    multivector: bool = typer.Option(False, "--multivector", help="Also rank with multi-vector MaxSim."),
+    dimensions: Optional[str] = typer.Option(None, "--dimensions", "-d", help="Matryoshka sizes, e.g. 128,256,384."),
+    baseline: List[str] = typer.Option([], "--baseline", "-b", help="bm25 | ocr-text | none (default: the suite's)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Subsample each dataset to N queries (fixed seed)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of --limit."),
+    out: Path = typer.Option(Path("eval-out"), "--out", "-o", help="Folder for report.md, results.json, plots."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
+) -> None:
+    """Evaluate retrieval (nDCG, recall, MRR, MAP) on a built-in suite or a dataset on disk."""
+    from omnivec.eval import EvalSettings, load_suite, run_suite
+    from omnivec.eval.report import write
+    try:
+        loaded = load_suite(suite)
+    except (OSError, ValueError, ImportError) as e:
+        _fail(f"cannot load suite {suite!r}: {e}")
+    tasks = {"retrieval": ("retrieval.query", "retrieval.passage"), "code": ("code.query", "code.passage"),
+             "text-matching": ("text-matching", "text-matching")}
+    if task is not None and task not in tasks:
+        _fail(f"--task must be one of {', '.join(tasks)}")
+    try:
+        dims = [int(x) for x in dimensions.split(",")] if dimensions else None
+    except ValueError:
+        _fail(f"--dimensions must be comma-separated integers, got {dimensions!r}")
+    baselines = [b for x in baseline for b in x.split(",") if b and b != "none"] if baseline else list(loaded.baselines)
+    m = _load(model, device)
+    for d in dims or []:
+        if not 1 <= d <= m.dim:
+            _fail(f"--dimensions: {d} is outside 1..{m.dim}")
+    q_task, p_task = tasks[task] if task else (None, None)
+    settings = EvalSettings(dimensions=dims, multivector=multivector, baselines=baselines,
+                            query_task=q_task, passage_task=p_task)
+    results = run_suite(m, loaded, settings, limit=limit, seed=seed)
+    paths = write(results, out)
+    if as_json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    else:
+        Console().print((out / "report.md").read_text(encoding="utf-8"))
+    err.print(f"[dim]wrote {', '.join(str(p) for p in paths)}[/dim]")
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -17,7 +17,7 @@ import torch
 from . import outputs
 from .batching import plan_batches
 from .inputs import PDF, Image, InputError, InputLimits, parse_inputs
-from .models.base import EmbeddingModel, Prepared, PrepareOptions
+from .models.base import EmbeddingModel, ForwardOutput, Prepared, PrepareOptions
 from .scoring import score as _score
 from .tasks import TaskSpec, resolve_tasks
 
@@ -100,6 +100,7 @@ class Embedder:
         origins: list[int] = []
         dense_rows: list[torch.Tensor] = []
         multi_rows: list[torch.Tensor] = []
+        pending: list[ForwardOutput] = []
         with _progress(n_inputs, progress) as bar:
             # Chunk k+1 is parsed and prepared on CPU threads while chunk k runs on the model.
             for chunk_prepared, chunk_origins in _pipelined(
@@ -116,12 +117,16 @@ class Embedder:
                 for batch in batches:
                     out = self.model.forward([chunk_prepared[i] for i in batch], dense=dense,
                                              multivector=multivector)
+                    pending.append(out)
                     for row, i in enumerate(batch):
                         if dense:
                             dense_rows[offset + i] = out.dense[row]
                         if multivector:
                             multi_rows[offset + i] = out.multivector[row]
                     bar.advance(len(batch))
+                for out in pending:      # host copies of this chunk's results have landed
+                    out.wait()
+                pending.clear()
         dense_out = None
         if dense:
             stacked = (torch.stack(dense_rows).float().numpy() if prepared
@@ -204,7 +209,14 @@ class Embedder:
         except InputError as e:
             raise InputError(None if e.index is None else start + e.index, e.reason) from e
         origins = [start + i for i in local]
-        return [self._prepare(item, tasks[o - start], options, o) for item, o in zip(items, origins)], origins
+        jobs = [(item, tasks[o - start], options, o) for item, o in zip(items, origins)]
+        threads = self.model.prepare_threads
+        if threads > 1 and len(jobs) > 1:
+            # Image resizing/patchifying and tokenisers release the GIL: spread them over cores.
+            with ThreadPoolExecutor(max_workers=min(threads, len(jobs)),
+                                    thread_name_prefix="omnivec-prepare-item") as pool:
+                return list(pool.map(lambda job: self._prepare(*job), jobs)), origins
+        return [self._prepare(*job) for job in jobs], origins
 
     def _prepare_chunk(self, inputs: Sequence[Any], tasks: list[TaskSpec], start: int,
                        options: PrepareOptions, limits: InputLimits) -> Callable[[], tuple[list[Prepared], list[int]]]:

@@ -32,6 +32,15 @@ class ForwardOutput:
 
     dense: torch.Tensor | None            # (B, dim), pooled, NOT normalised
     multivector: list[torch.Tensor] | None  # B tensors (n_tokens_i, mv_dim), per-token L2-normalised
+    # GPU families copy results to the host asynchronously (the next batch is queued meanwhile);
+    # ``wait()`` blocks until the copies have landed. Call it before reading the tensors.
+    ready: Any = None
+
+    def wait(self) -> "ForwardOutput":
+        if self.ready is not None:
+            self.ready.synchronize()
+            self.ready = None
+        return self
 
 
 @dataclass
@@ -59,6 +68,7 @@ class EmbeddingModel(ABC):
     batch_tokens: int = 8192                   # default token budget of one forward pass
     max_batch_rows: int = 64
     padded: bool = True                        # True: a batch costs rows x longest row
+    prepare_threads: int = 1                   # CPU threads for prepare() (must be thread-safe if > 1)
 
     @abstractmethod
     def prepare(self, item: Any, task: TaskSpec, options: PrepareOptions) -> Prepared:

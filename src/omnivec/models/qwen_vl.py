@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,15 @@ from torch import nn
 from ..adapters import get_router, load_adapters, task_routing
 from ..tasks import TaskSpec
 from .base import EmbeddingModel, ForwardOutput, Prepared, PrepareOptions, pick_device
+from .fused import fuse_rms_norms
 from .packing import cu_seqlens_from_lengths, packed_forward, rope_index_for_row, varlen_attention
 
 PROMPT_PREFIX = {"query": "Query: ", "passage": "Passage: "}
 IMAGE_TEMPLATE_PRE = "<|im_start|>user\n<|vision_start|>"
 IMAGE_TEMPLATE_POST = "<|vision_end|>Describe the image.<|im_end|>\n"
 MAX_TOKENS = 32768
+# Vision-tower group size (patches, before the 2x2 merge): ~5 pages of 768 tokens.
+VISION_CHUNK_PATCHES = 16384
 
 
 def is_jina_v4_dir(path: str | Path) -> bool:
@@ -71,6 +75,11 @@ def _backbone_key(key: str) -> str | None:
     return "language_model." + rest
 
 
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """Device -> host copy that does not block on CUDA (pinned destination); see ForwardOutput.wait."""
+    return t.to("cpu", non_blocking=True) if t.is_cuda else t
+
+
 def _white_background(img: PILImage.Image) -> PILImage.Image:
     """Composite transparent images onto white (what the reference does) and return RGB."""
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -110,6 +119,10 @@ class JinaV4Model(EmbeddingModel):
         self.padded = not self.packed
         if self.packed:
             self.batch_tokens, self.max_batch_rows = 16384, 512
+        if device.type == "cuda":   # keep the GPU fed: image preprocessing on several CPU cores
+            self.prepare_threads = max(1, min(8, (os.cpu_count() or 2) - 1))
+            fuse_rms_norms(self.net)   # one kernel per norm instead of ~6 (same values)
+        self._rope_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self.config = config
         self.tokenizer = tokenizer
         self.image_processor = image_processor
@@ -291,13 +304,19 @@ class JinaV4Model(EmbeddingModel):
             min_px = min(min_px, max_px)
         out = self.image_processor(images=[img], size={"shortest_edge": min_px, "longest_edge": max_px},
                                    return_tensors="pt")
-        pixels = out["pixel_values"].to(torch.float32)
+        pixels = out["pixel_values"]
+        if self.device.type == "cuda":
+            # The vision tower runs in the model dtype anyway; converting and pinning here (on a
+            # prepare thread) halves the bytes and makes the host->device copy asynchronous.
+            pixels = pixels.to(self.dtype).pin_memory()
+        else:
+            pixels = pixels.to(torch.float32)
         grid = out["image_grid_thw"].to(torch.long).reshape(1, 3)
         n_tokens = int(grid.prod()) // (self.spatial_merge ** 2)
         ids = self._pre_ids + [self.image_token_id] * n_tokens + self._post_ids
         # M-RoPE positions depend only on the ids and the grid: computed here, on the CPU,
         # so the packed GPU path does no per-row Python work.
-        positions = rope_index_for_row(self.net.model, torch.tensor(ids), grid) if self.packed else None
+        positions = self._image_positions(ids, grid) if self.packed else None
         return Prepared(kind="image", task=task, cost=len(ids),
                         data={"input_ids": ids, "pixel_values": pixels, "image_grid_thw": grid,
                               "task_index": self._task_index(task), "position_ids": positions})
@@ -375,17 +394,43 @@ class JinaV4Model(EmbeddingModel):
             mv_out = list(torch.split(proj, lengths.tolist()))
         return ForwardOutput(dense=dense_out, multivector=mv_out)
 
+    def _image_positions(self, ids: list[int], grid: torch.Tensor) -> torch.Tensor:
+        """(3, n) M-RoPE positions of an image row; they depend only on the grid, so cached."""
+        key = tuple(int(v) for v in grid.reshape(-1))
+        cached = self._rope_cache.get(key)
+        if cached is None or cached.shape[1] != len(ids):
+            cached = rope_index_for_row(self.net.model, torch.tensor(ids), grid)
+            self._rope_cache[key] = cached
+        return cached
+
     def _image_features(self, images: list[Prepared]) -> torch.Tensor:
-        """Merged vision-tower features of all image rows, (n_image_tokens, H), in row order."""
+        """Merged vision-tower features of all image rows, (n_image_tokens, H), in row order.
+
+        Pages go through the vision tower in groups of at most VISION_CHUNK_PATCHES patches:
+        the same features, with activation memory bounded whatever the LM batch budget.
+        """
         dev = self.device
-        pixel_values = torch.cat([p.data["pixel_values"] for p in images]).to(dev, self.dtype, non_blocking=True)
-        grid = torch.cat([p.data["image_grid_thw"] for p in images]).to(dev)
         visual = self.net.model.visual
         # On CUDA the vision tower's window/full attention also runs as varlen segments.
         ctx = varlen_attention(self.net.model.language_model, visual) if dev.type == "cuda" else nullcontext()
+        groups: list[list[Prepared]] = [[]]
+        patches = 0
+        for p in images:
+            n = int(p.data["image_grid_thw"].prod())
+            if groups[-1] and patches + n > VISION_CHUNK_PATCHES:
+                groups.append([])
+                patches = 0
+            groups[-1].append(p)
+            patches += n
+        feats = []
         with ctx:
-            out = visual(pixel_values, grid_thw=grid)
-        return out.pooler_output if hasattr(out, "pooler_output") else out
+            for group in groups:
+                pixel_values = torch.cat([p.data["pixel_values"].to(dev, self.dtype, non_blocking=True)
+                                          for p in group])
+                grid = torch.cat([p.data["image_grid_thw"] for p in group]).to(dev)
+                out = visual(pixel_values, grid_thw=grid)
+                feats.append(out.pooler_output if hasattr(out, "pooler_output") else out)
+        return feats[0] if len(feats) == 1 else torch.cat(feats)
 
     def _forward_packed(self, batch: list[Prepared], *, dense: bool, multivector: bool) -> ForwardOutput:
         """All rows as one padding-free sequence; attention kept inside each row (varlen)."""
@@ -428,11 +473,14 @@ class JinaV4Model(EmbeddingModel):
             summed = torch.zeros(len(batch), self.dim, device=dev, dtype=torch.float32)
             summed.index_add_(0, rows, hidden.to(torch.float32) * w.unsqueeze(1))
             counts = torch.zeros(len(batch), device=dev).index_add_(0, rows, w)
-            dense_out = (summed / counts.unsqueeze(1)).cpu()
+            dense_out = _to_host(summed / counts.unsqueeze(1))
         mv_out = None
         if multivector:
             with task_routing(self.net, routing):
                 proj = self.net.multi_vector_projector(hidden)
-            proj = F.normalize(proj.to(torch.float32), dim=-1).cpu()
-            mv_out = list(torch.split(proj, lengths))
-        return ForwardOutput(dense=dense_out, multivector=mv_out)
+            mv_out = list(torch.split(_to_host(F.normalize(proj.to(torch.float32), dim=-1)), lengths))
+        ready = None
+        if dev.type == "cuda":   # no sync here: the host copies finish while the next batch runs
+            ready = torch.cuda.Event()
+            ready.record()
+        return ForwardOutput(dense=dense_out, multivector=mv_out, ready=ready)

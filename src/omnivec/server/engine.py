@@ -238,7 +238,7 @@ class Engine:
                     continue
                 try:
                     out = self.model.forward([jobs[rows[k][0]].prepared[rows[k][1]] for k in batch],
-                                             dense=not multivector, multivector=multivector)
+                                             dense=not multivector, multivector=multivector).wait()
                 except Exception as e:  # noqa: BLE001 - fail only the jobs in this batch
                     for k in batch:
                         results[rows[k][0]] = e

