@@ -200,6 +200,10 @@ class EncoderModel(EmbeddingModel):
 
         self.backend: Backend = "onnx" if isinstance(backbone, OnnxBackbone) else "torch"
         self.backbone = backbone.eval() if self.backend == "torch" else backbone
+        if self.backend == "onnx":
+            # ONNX Runtime on a CPU is fastest on small, cache-resident batches: measured on 667
+            # stdlib docstrings, 2 cores: 1024 tokens x 16 rows 45 passages/s, 8192 x 64 34/s.
+            self.batch_tokens, self.max_batch_rows = 1024, 16
         self.tokenizer = tokenizer
         self.name = name
         self.prompts = prompts
