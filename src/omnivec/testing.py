@@ -50,14 +50,8 @@ def qwen_tiktoken_path() -> Path:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("OMNIVEC_CACHE")
-    if root:
-        return Path(root)
-    try:
-        from platformdirs import user_cache_dir
-        return Path(user_cache_dir("omnivec"))
-    except ImportError:  # pragma: no cover
-        return Path.home() / ".cache" / "omnivec"
+    from .models.e5_materialize import cache_root
+    return cache_root()
 
 
 def build_qwen_tokenizer_json(cache: bool = True) -> str:

@@ -81,8 +81,8 @@ def vdr_rendered_suite(cache_dir: Path | None = None, **_: object) -> Suite:
 
 
 def default_cache_dir() -> Path:
-    import platformdirs
-    return Path(platformdirs.user_cache_dir("omnivec")) / "eval"
+    from ..models.e5_materialize import cache_root
+    return cache_root() / "eval"
 
 
 SUITES: dict[str, Callable[..., Suite]] = {
