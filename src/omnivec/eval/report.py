@@ -90,10 +90,7 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     ax.set_ylabel(f"{headline} x100")
     ax.set_title(f"{results['suite']}: {headline} vs dimension")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    written.append(out / "dimensions.png")
-    fig.savefig(written[-1], metadata={"Software": None})
-    plt.close(fig)
+    written.append(_save(fig, out / "dimensions.png"))
     names = [d["name"] for d in results["datasets"]]
     systems = list(summary)
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(names) * max(1, len(systems)) / 2), 4), dpi=100)
@@ -105,11 +102,18 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     ax.set_ylabel(f"{headline} x100")
     ax.set_title(f"{results['suite']}: dense vs multi-vector vs baselines")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    written.append(out / "systems.png")
-    fig.savefig(written[-1], metadata={"Software": None})
-    plt.close(fig)
+    written.append(_save(fig, out / "systems.png"))
     return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Lay out, write without a timestamped Software tag (byte-stable PNGs), close."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+    return path
 
 
 def write(results: dict[str, Any], out: Path) -> list[Path]:
