@@ -17,7 +17,7 @@ from .models.registry import DEFAULT_MODEL
 from .tasks import TaskSpec
 
 __version__ = "0.1.0"
-__all__ = ["load", "Embedder", "EmbedResult", "Image", "PDF", "InputError", "InputLimits",
+__all__ = ["load", "Index", "Embedder", "EmbedResult", "Image", "PDF", "InputError", "InputLimits",
            "TaskSpec", "DEFAULT_MODEL", "__version__"]
 
 
@@ -30,8 +30,19 @@ def load(model: str | os.PathLike | None = None, *, device: str | torch.device |
     built-in name (``all-MiniLM-L6-v2``), a local directory (e.g. a jina-embeddings-v4
     checkpoint), or a hub id such as ``jinaai/jina-embeddings-v4`` when online.
     ``device``: ``None`` picks the GPU when present. ``model_kwargs`` go to the model family
-    (e.g. ``quantize=True`` for the int8 CPU path of encoders).
+    (e.g. ``quantize=True`` for the int8 CPU path of encoders). ``adapters=`` (encoders): the
+    task adapters, by default those shipped for the built-in model (``code`` and
+    ``text-matching``, trained with ``omnivec train``); a folder; or ``None`` for the bare
+    backbone.
     """
     from .models.registry import load_model
     return Embedder(load_model(model, device=device, dtype=dtype, **model_kwargs),
                     batch_tokens=batch_tokens, limits=limits)
+
+
+def __getattr__(name: str) -> Any:
+    """``omnivec.Index`` on first use: ``import omnivec`` stays free of the store backends."""
+    if name == "Index":
+        from .index import Index
+        return Index
+    raise AttributeError(f"module 'omnivec' has no attribute {name!r}")

@@ -286,12 +286,15 @@ def read_adapter_config(adapter_dir: str | Path) -> dict:
 
 def load_adapters(model: nn.Module, adapter_dir: str | Path, *,
                   candidates: Callable[[str], bool] | None = None,
-                  task_names: Sequence[str] | None = None) -> tuple[str, ...]:
+                  task_names: Sequence[str] | None = None,
+                  require_all_tasks: bool = True) -> tuple[str, ...]:
     """Attach the task adapters saved in ``adapter_dir`` (peft layout) and return the task names.
 
     Each saved key is matched to a Linear of ``model`` (restricted to paths accepted by
     ``candidates``) by the longest common path suffix; matched layers are wrapped when they are
     not yet. Unmatched, ambiguous or mis-shaped keys raise ``ValueError`` listing them.
+    ``require_all_tasks=False`` lets ``task_names`` name tasks the file lacks (they keep their
+    fresh, no-op initialisation): how training adds a task to an existing adapter folder.
     """
     from safetensors.torch import load_file
 
@@ -371,8 +374,10 @@ def load_adapters(model: nn.Module, adapter_dir: str | Path, *,
             dst.copy_(src.to(dst.dtype))
     if problems:
         raise ValueError("adapter weights do not fit the model: " + "; ".join(problems[:20]))
+    in_file = {t for _, _, t in parsed.values()}
     missing = [f"{n}.lora_{ab}.{t}" for n in {a[0] for a in assignments.values()}
-               for ab in "AB" for t in tasks if (n, ab, t) not in seen]
+               for ab in "AB" for t in tasks if (n, ab, t) not in seen
+               and (require_all_tasks or t in in_file)]
     if missing:
         raise ValueError(f"adapter file lacks {len(missing)} weights: {sorted(missing)[:20]}")
     return tasks
@@ -405,3 +410,24 @@ def save_adapters(model: nn.Module, adapter_dir: str | Path, task_names: Sequenc
     config.update(extra_config or {})
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return out
+
+
+def merge_task(model: nn.Module, task: str | None) -> nn.Module:
+    """Replace every LoRA layer by a plain ``nn.Linear`` holding ``W + B A * scaling`` of ``task``.
+
+    Why: a model that serves one task can then run through graph compilers (ONNX) that know
+    nothing of LoRA; ``task=None`` (or a task without an adapter) keeps the bare weights.
+    """
+    for name, layer in list(lora_layers(model).items()):
+        base = layer.base
+        merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None,
+                           device=base.weight.device, dtype=base.weight.dtype)
+        with torch.no_grad():
+            merged.weight.copy_(layer.merged_weight(task) if task in layer.task_names else base.weight)
+            if base.bias is not None:
+                merged.bias.copy_(base.bias)
+        _replace_module(model, name, merged)
+    if hasattr(model, "_omnivec_lora_router"):
+        object.__delattr__(model, "_omnivec_lora_router")
+    return model
+

@@ -1,4 +1,4 @@
-"""Command line: ``omnivec embed``, ``omnivec info`` and ``omnivec serve`` (more commands join as they land)."""
+"""Command line: ``omnivec embed``, ``info``, ``serve``, ``eval``, ``index`` and ``search``."""
 from __future__ import annotations
 
 import json
@@ -211,6 +211,176 @@ def eval_(
     else:
         Console().print((out / "report.md").read_text(encoding="utf-8"))
     err.print(f"[dim]wrote {', '.join(str(p) for p in paths)}[/dim]")
+
+
+# ----------------------------------------------------------------------------- index / search
+# One rule for both commands: the store is --store, else $OMNIVEC_STORE, else ./omnivec-index in
+# the current directory (scans skip *.omnivec folders, so it may sit inside the indexed folder), so `omnivec index docs` followed by `omnivec search "..."` just works.
+DEFAULT_STORE = "index.omnivec"
+_STORE_HELP = ("LanceDB directory, qdrant://host:6333/collection, qdrant+local:///dir/collection "
+               "(default: $OMNIVEC_STORE, else ./index.omnivec in the current directory).")
+
+
+def _open_index(store: str, model: Optional[str], device: Optional[str], create: bool, **settings):
+    """Open the index or exit 2 with a message that says what to do."""
+    from omnivec.index import Index, IndexMismatchError
+    try:
+        with err.status(f"opening index {store} ..."):
+            return Index(store, model, device=device, create=create, **settings)
+    except FileNotFoundError as e:
+        _fail(str(e))
+    except IndexMismatchError as e:
+        _fail(str(e))
+    except ValueError as e:
+        _fail(f"cannot open store {store}: {e}")
+    except Exception as e:  # qdrant-client wraps connection failures in its own types
+        if str(store).lower().startswith(("qdrant://", "qdrants://")):
+            _fail(f"cannot reach Qdrant for {store} ({type(e).__name__}: {e}); is the server running?")
+        _fail(f"cannot open store {store}: {type(e).__name__}: {e}")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@app.command("index")
+def index_(
+    path: Path = typer.Argument(..., help="Folder to index (paths are stored relative to it)."),
+    store: str = typer.Option(DEFAULT_STORE, "--store", "-s", envvar="OMNIVEC_STORE", help=_STORE_HELP),
+    multivector: bool = typer.Option(False, "--multivector",
+                                     help="Also store per-token multi-vectors (MaxSim rerank); fixed at creation."),
+    multivector_storage: Optional[str] = typer.Option(None, "--multivector-storage",
+                                                      help="float16 (default) | binary | float32."),
+    model: Optional[str] = typer.Option(None, "--model", "-m",
+                                        help="Model name or directory (default: the index's, else embedded)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: GPU if present)."),
+    chunk_tokens: Optional[int] = typer.Option(None, "--chunk-tokens", help="Tokens per text chunk (default 256)."),
+    chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap", help="Overlap between chunks (default 32)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                            help="Progress bar (default: on a terminal only)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Index a folder: embed new and changed files, drop deleted ones (re-runs are incremental)."""
+    if not path.is_dir():
+        _fail(f"{path} is not a directory")
+    if multivector_storage is not None and multivector_storage not in ("float16", "binary", "float32"):
+        _fail(f"--multivector-storage must be float16, binary or float32, got {multivector_storage!r}")
+    ix = _open_index(store, model, device, True, multivector=multivector or None,
+                     multivector_storage=multivector_storage, chunk_tokens=chunk_tokens,
+                     chunk_overlap=chunk_overlap)
+    with ix:
+        summary = ix.add_path(path, progress=progress)
+        stats = ix.stats()
+    if as_json:
+        print(json.dumps({"summary": summary.to_dict(), "index": stats}, indent=2, ensure_ascii=False))
+        return
+    table = Table(show_header=False, title=f"index {store}", title_justify="left")
+    rows = [("files", f"{summary.files} ({summary.new} new, {summary.changed} changed, "
+                      f"{summary.unchanged} unchanged, {summary.removed} removed)"),
+            ("items embedded", str(summary.items)),
+            ("skipped", str(len(summary.skipped))), ("errors", str(len(summary.errors))),
+            ("index", f"{stats['files']} files, {stats['items']} items, {_size(stats['size_bytes'])}"),
+            ("model", f"{stats['model']}" + (f" + multi-vectors ({stats['multivector_storage']})"
+                                              if stats["multivector"] else "")),
+            ("time", f"{summary.seconds:.1f}s")]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)
+    for title, entries in (("errors", summary.errors), ("skipped", summary.skipped)):
+        if entries:
+            listing = Table("path", "reason", title=title, title_justify="left")
+            for p, reason in entries[:50]:
+                listing.add_row(p, reason)
+            Console().print(listing)
+            if len(entries) > 50:
+                Console().print(f"... and {len(entries) - 50} more {title}")
+
+
+@app.command()
+def search(
+    query: str = typer.Argument(..., help="What to look for, in plain words."),
+    store: str = typer.Option(DEFAULT_STORE, "--store", "-s", envvar="OMNIVEC_STORE", help=_STORE_HELP),
+    k: int = typer.Option(10, "-k", "--top-k", help="How many hits."),
+    multivector: Optional[bool] = typer.Option(None, "--multivector/--no-multivector",
+                                               help="MaxSim rerank of the dense candidates (default: on for "
+                                                    "an index built with --multivector)."),
+    hybrid: bool = typer.Option(False, "--hybrid", help="Fuse with BM25 by reciprocal rank fusion."),
+    candidates: int = typer.Option(100, "--candidates", help="Dense candidates for rerank / fusion."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model (default: the one the index was built with)."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    as_json: bool = typer.Option(False, "--json", help="Print the hits as a JSON list on stdout."),
+) -> None:
+    """Search an index built by `omnivec index`."""
+    if k < 1 or candidates < 1:
+        _fail("-k and --candidates must be >= 1")
+    ix = _open_index(store, model, device, False)
+    with ix:
+        rerank = None if multivector is None else ("maxsim" if multivector else "none")
+        try:
+            hits = ix.search(query, k, rerank=rerank, hybrid=hybrid, candidates=candidates)
+        except ValueError as e:
+            _fail(str(e))
+        if not hits and ix.stats()["files"] == 0:
+            _fail(f"the index at {store} is empty: run `omnivec index PATH --store {store}` first")
+    if as_json:
+        print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False))
+        return
+    table = Table("#", "score", "path", "where", "snippet")
+    for rank, h in enumerate(hits, start=1):
+        where = (f"page {h.page}" if h.page is not None else
+                 f"lines {h.line_start}-{h.line_end}" if h.line_start is not None else "")
+        table.add_row(str(rank), f"{h.score:.4f}", h.path, where, h.snippet or f"[{h.kind}]")
+    Console().print(table)
+
+
+@app.command()
+def train(
+    task: str = typer.Argument(..., help="Adapter to train: code | retrieval | text-matching."),
+    data: str = typer.Option(..., "--data", help="JSONL ({query, positive, negatives?} or {text1, text2, score}) "
+                                               "or a builder: stdlib-code | django-parallel."),
+    out: Path = typer.Option(Path("adapters"), "--out", "-o", help="Adapter folder (other tasks in it are kept)."),
+    base: Optional[str] = typer.Option(None, "--base", help="Backbone (default: the embedded default model)."),
+    loss: str = typer.Option("joint", "--loss", help="joint (dense + MaxSim InfoNCE + KL) | infonce | cosent."),
+    epochs: float = typer.Option(1.0, "--epochs"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimiser steps."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Pairs per step (in-batch negatives)."),
+    micro_batch: Optional[int] = typer.Option(None, "--micro-batch",
+                                              help="Cached-gradient chunk size: big batches on small memory."),
+    lr: float = typer.Option(5e-4, "--lr"),
+    rank: int = typer.Option(8, "--rank", help="LoRA rank."),
+    alpha: float = typer.Option(16.0, "--alpha", help="LoRA alpha."),
+    temperature: float = typer.Option(0.05, "--temperature", help="InfoNCE temperature (paper: 0.02 for code)."),
+    matryoshka: Optional[str] = typer.Option(None, "--matryoshka", help="Dims summed in the loss, e.g. 384,256,128,64."),
+    multivector_dim: int = typer.Option(128, "--multivector-dim", help="Projector output size."),
+    train_projector: Optional[bool] = typer.Option(None, "--train-projector/--freeze-projector",
+                                                   help="Default: train it when the folder has none yet."),
+    val_fraction: float = typer.Option(0.05, "--val-fraction", help="Hold-out of the training data for checkpoints."),
+    eval_every: int = typer.Option(50, "--eval-every"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train one task adapter (LoRA) and the multi-vector projector on a frozen backbone; resumable."""
+    from omnivec.train import TrainConfig, Trainer
+    try:
+        dims = tuple(int(x) for x in matryoshka.split(",")) if matryoshka else None
+    except ValueError:
+        _fail(f"--matryoshka must be comma-separated integers, got {matryoshka!r}")
+    cfg = TrainConfig(task=task, data=data, out=str(out), base=base, loss=loss, epochs=epochs, max_steps=max_steps,
+                      batch_size=batch_size, micro_batch=micro_batch, lr=lr, rank=rank, alpha=alpha,
+                      temperature=temperature, matryoshka_dims=dims, multivector_dim=multivector_dim,
+                      train_projector=train_projector, val_fraction=val_fraction, eval_every=eval_every,
+                      save_every=eval_every, seed=seed)
+    try:
+        result = Trainer(cfg, log=lambda m: err.print(f"[dim]{m}[/dim]")).run()
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        _fail(str(e))
+    best = ", ".join(f"{k} {v:.4f}" for k, v in result.best_val.items())
+    err.print(f"trained [bold]{task}[/bold] in {result.seconds:.0f}s ({result.steps} steps); "
+              f"best validation at step {result.best_step}: {best}")
+    err.print(f"adapters in {result.out}: load with omnivec.load(adapters={str(result.out)!r})")
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -6,6 +6,7 @@ code-adapter training pairs later.
 from __future__ import annotations
 
 import ast
+import textwrap
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +35,17 @@ def iter_code_pairs(root: Path | None = None, min_doc_chars: int = 20) -> Iterat
         try:
             source = path.read_text(encoding="utf-8")
             tree = ast.parse(source)
+            lines = source.split("\n")   # ast numbers lines by \n only (not \f, \x1c ...)
         except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
             continue
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 doc = ast.get_docstring(node)
                 if doc and len(doc) >= min_doc_chars:
-                    seg = ast.get_source_segment(source, node)
-                    if seg:
-                        yield CodePair(rel, node.name, doc.strip(), seg)
+                    # whole lines, sliced (ast.get_source_segment re-splits the file per call)
+                    seg = "\n".join(lines[node.lineno - 1:node.end_lineno]) + "\n"
+                    if seg.strip():
+                        yield CodePair(rel, node.name, doc.strip(), textwrap.dedent(seg))
 
 
 def stdlib_passages(n: int, min_chars: int = 40) -> list[str]:

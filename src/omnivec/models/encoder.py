@@ -15,10 +15,11 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 import numpy as np
 import torch
@@ -29,8 +30,6 @@ from ..tasks import TaskSpec
 from .base import EmbeddingModel, ForwardOutput, Prepared, PrepareOptions, pick_device
 
 PROJECTOR_FILE = "multivector_projector.safetensors"
-# Files of trained task adapters (LoRA): the exported ONNX graph would lack them.
-_ADAPTER_FILES = ("adapter_config.json", "adapters/adapter_config.json")
 Backend = Literal["torch", "onnx"]
 _PROMPT_ALIASES = {"query": ("query",), "passage": ("passage", "document", "doc")}
 
@@ -140,6 +139,11 @@ def _load_projector(path: Path, dim: int) -> nn.Linear:
     file = path / PROJECTOR_FILE
     if not file.is_file():
         return identity_projector(dim)
+    return load_projector_file(file, dim)
+
+
+def load_projector_file(file: Path, dim: int) -> nn.Linear:
+    """A trained ``hidden -> m`` multi-vector projector (safetensors: weight, bias)."""
     from safetensors.torch import load_file
 
     sd = load_file(str(file))
@@ -149,6 +153,25 @@ def _load_projector(path: Path, dim: int) -> nn.Linear:
     proj = nn.Linear(in_dim, out_dim, bias="bias" in sd)
     proj.load_state_dict(sd)
     return proj
+
+
+AdapterSpec = Union[str, Path, None]
+
+
+def resolve_adapter_dir(path: Path, adapters: AdapterSpec) -> Path | None:
+    """Where the task adapters of an encoder live: ``"auto"`` looks in the model directory
+    (``adapters/`` or the directory itself), ``None`` means the bare backbone, else a folder."""
+    if adapters is None:
+        return None
+    if isinstance(adapters, str) and adapters == "auto":
+        for cand in (path / "adapters", path):
+            if (cand / "adapter_config.json").is_file():
+                return cand
+        return None
+    folder = Path(adapters).expanduser()
+    if not (folder / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"adapters={str(adapters)!r}: no adapter_config.json in that folder")
+    return folder
 
 
 def _onnx_unavailable_reason() -> str | None:
@@ -163,11 +186,10 @@ def _onnx_unavailable_reason() -> str | None:
 
 def choose_backend(path: Path, device: torch.device, dtype: torch.dtype | None,
                    backend: str | None) -> Backend:
-    """``backend`` checked, or for ``None``: onnx for float32 CPU models without LoRA adapters.
+    """``backend`` checked, or for ``None``: onnx for float32 CPU models, torch elsewhere.
 
-    Why those conditions: the ONNX graph is a float32 CPU graph of the plain backbone; trained
-    adapters would be missing from it. (The multi-vector projector runs after the backbone in
-    torch on both paths, so a trained projector is fine.)
+    Task adapters work on both: torch routes rows through LoRA layers, ONNX runs one graph per
+    task with that task's adapter merged into the weights (see :class:`_TaskGraphs`).
     """
     if backend not in (None, "torch", "onnx"):
         raise ValueError(f"backend must be 'torch', 'onnx' or None, got {backend!r}")
@@ -176,8 +198,6 @@ def choose_backend(path: Path, device: torch.device, dtype: torch.dtype | None,
             raise ValueError("backend='onnx' runs float32 (or quantize=True int8) on the CPU only")
         return backend
     if device.type != "cpu" or dtype not in (None, torch.float32):
-        return "torch"
-    if any((path / f).exists() for f in _ADAPTER_FILES):
         return "torch"
     return "onnx"
 
@@ -217,25 +237,32 @@ class EncoderModel(EmbeddingModel):
         self.multivector_projector = proj.to(self.device).eval()
         self.multivector_dim = int(proj.out_features)
         self.matryoshka_dims = tuple(d for d in (32, 64, 128, 256, 512) if d < self.dim) + (self.dim,)
+        self.adapters: tuple[str, ...] = ()
+        self.adapter_dir: Path | None = None
+        self._task_graphs: _TaskGraphs | None = None
         self._n_special = tokenizer.num_special_tokens_to_add(False)
 
     @classmethod
     def from_directory(cls, path: str | Path, device: str | torch.device | None = None,
                        dtype: torch.dtype | None = None, *, quantize: bool = False,
-                       backend: Backend | None = None) -> "EncoderModel":
+                       backend: Backend | None = None, adapters: AdapterSpec = "auto") -> "EncoderModel":
         """Load any BERT/XLM-R encoder directory (transformers weights + ``tokenizer.json``).
 
         ``backend``: ``"onnx"`` (ONNX Runtime, exported and cached on first use, see
         :mod:`omnivec.models.encoder_onnx`), ``"torch"``, or ``None``: onnx for float32 CPU
-        models without LoRA adapters, else torch; when the onnx path fails (no onnxruntime,
+        models, else torch; when the onnx path fails (no onnxruntime,
         export error) ``None`` falls back to torch with a warning, ``"onnx"`` raises.
         ``quantize=True`` is the CPU int8 path: ORT dynamic int8 on the onnx backend, torch
         dynamic int8 (:func:`quantize_int8`) on the torch one; e5-small stays at cosine >= 0.99.
+        ``adapters``: a folder of trained task adapters (``omnivec train`` output: LoRA per task
+        plus, optionally, a multi-vector projector), ``"auto"`` (the model directory's own), or
+        ``None`` for the bare backbone. Inputs whose task has no adapter run the bare backbone.
         """
         path = Path(path)
         dev = pick_device(device)
         if quantize and dev.type != "cpu":
             raise ValueError("quantize=True is a CPU option (dynamic int8); use dtype on GPUs")
+        adapter_dir = resolve_adapter_dir(path, adapters)
         chosen = choose_backend(path, dev, dtype, backend)
         if dtype is None:
             dtype = torch.float16 if dev.type == "cuda" else torch.float32
@@ -265,15 +292,35 @@ class EncoderModel(EmbeddingModel):
         if pad_id is None:
             pad_id = tokenizer.token_to_id("[PAD]") or tokenizer.token_to_id("<pad>") or 0
         projector = _load_projector(path, int(config.hidden_size))
-        return cls(backbone, tokenizer, name=meta.get("name") or path.name,
-                   prompts=load_prompts(path), max_tokens=_max_tokens(path, config, meta),
-                   pad_id=int(pad_id), projector=projector, device=dev,
-                   dtype=torch.float32 if quantize else dtype, quantized=quantize)
+        tasks: tuple[str, ...] = ()
+        if adapter_dir is not None:
+            from ..adapters import load_adapters, read_adapter_config
+            if (adapter_dir / PROJECTOR_FILE).is_file():
+                projector = load_projector_file(adapter_dir / PROJECTOR_FILE, int(config.hidden_size))
+            if isinstance(backbone, nn.Module):
+                if quantize:
+                    raise ValueError("task adapters with quantize=True need the onnx backend "
+                                     "(or pass adapters=None for the bare backbone)")
+                tasks = load_adapters(backbone, adapter_dir)
+                backbone.to(dev)
+            else:    # ONNX: one graph per task with the adapter merged into the weights, built on first use
+                cfg = read_adapter_config(adapter_dir)
+                tasks = tuple(cfg.get("task_names") or ())
+        model = cls(backbone, tokenizer, name=meta.get("name") or path.name,
+                    prompts=load_prompts(path), max_tokens=_max_tokens(path, config, meta),
+                    pad_id=int(pad_id), projector=projector, device=dev,
+                    dtype=torch.float32 if quantize else dtype, quantized=quantize)
+        if adapter_dir is not None and not isinstance(backbone, nn.Module):
+            model._task_graphs = _TaskGraphs(path, adapter_dir, quantize)
+        model.adapters = tasks
+        model.adapter_dir = adapter_dir
+        return model
 
     def info(self) -> dict[str, Any]:
         info = super().info()
         info["backend"] = "onnxruntime" if self.backend == "onnx" else "torch"
         info["quantization"] = "int8-dynamic" if self.quantized else None
+        info["adapter_dir"] = str(self.adapter_dir) if self.adapter_dir else None
         return info
 
     # ---------------------------------------------------------------- prepare
@@ -316,7 +363,7 @@ class EncoderModel(EmbeddingModel):
             ids[row, :n] = p.data["input_ids"]
             mask[row, :n] = 1
         with torch.inference_mode():
-            hidden, attention = self._hidden_states(ids, mask)
+            hidden, attention = self.token_states(ids, mask, [p.task.adapter for p in batch])
             out_dense = None
             if dense:
                 m = attention.unsqueeze(-1).to(hidden.dtype)
@@ -331,10 +378,66 @@ class EncoderModel(EmbeddingModel):
                 out_multi = list(torch.split(tokens, lengths))
         return ForwardOutput(out_dense, out_multi)
 
+    def token_states(self, ids: np.ndarray, mask: np.ndarray,
+                     adapters: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last-layer states (B, L, hidden) and mask for padded ids, each row through its task's
+        adapter (``adapters[i]``; a task without one, or ``None``, runs the bare backbone)."""
+        names = [a if a in self.adapters else None for a in (adapters or [None] * len(ids))]
+        if not self.adapters or all(n is None for n in names):
+            return self._hidden_states(ids, mask)
+        if self.backend == "torch":
+            from ..adapters import task_routing
+            with task_routing(self.backbone, [-1 if n is None else self.adapters.index(n) for n in names]):
+                return self._hidden_states(ids, mask)
+        graphs = self._task_graphs
+        hidden = np.zeros(ids.shape + (self.dim,), dtype=np.float32)
+        for name in dict.fromkeys(names):      # rows grouped by task, one graph each
+            rows = np.array([i for i, n in enumerate(names) if n == name])
+            sub_ids, sub_mask = ids[rows], mask[rows]
+            width = int(sub_mask.sum(1).max())  # the group's own longest row: no extra padding
+            backbone = self.backbone if name is None else graphs.get(name)
+            hidden[rows, :width] = backbone(np.ascontiguousarray(sub_ids[:, :width]),
+                                            np.ascontiguousarray(sub_mask[:, :width]))
+        return torch.from_numpy(hidden), torch.from_numpy(mask)
+
     def _hidden_states(self, ids: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """The backbone call, the only step where the backends differ: (hidden, mask) tensors."""
+        """The bare backbone call, the only step where the backends differ: (hidden, mask) tensors."""
         if self.backend == "onnx":
             return torch.from_numpy(self.backbone(ids, mask)), torch.from_numpy(mask)
         input_ids = torch.from_numpy(ids).to(self.device)
         attention = torch.from_numpy(mask).to(self.device)
         return self.backbone(input_ids=input_ids, attention_mask=attention).last_hidden_state, attention
+
+
+class _TaskGraphs:
+    """ONNX graphs of one encoder with each task adapter merged in, exported once and cached.
+
+    Why: ONNX Runtime knows nothing of LoRA, but a task's adapter is just ``W + BA`` on some
+    Linear layers. Each task's graph is keyed by the adapter file's hash, so retraining
+    re-exports. The first use of a task exports it (about 20-40 s on two cores), later loads
+    read the cache.
+    """
+
+    def __init__(self, model_dir: Path, adapter_dir: Path, quantize: bool) -> None:
+        import hashlib
+        self.model_dir, self.adapter_dir, self.quantize = model_dir, adapter_dir, quantize
+        digest = hashlib.sha256()
+        for f in ("adapter_model.safetensors", "adapter_config.json"):
+            digest.update((adapter_dir / f).read_bytes())
+        self.key = digest.hexdigest()[:16]
+        self.graphs: dict[str, Any] = {}
+
+    def get(self, task: str) -> Any:
+        if task not in self.graphs:
+            from ..adapters import load_adapters, merge_task
+            from .encoder_onnx import load_onnx_backbone
+
+            def merged() -> nn.Module:
+                bb = _load_backbone(self.model_dir, torch.float32)
+                load_adapters(bb, self.adapter_dir)
+                return merge_task(bb, task).eval()
+
+            self.graphs[task] = load_onnx_backbone(self.model_dir, quantize=self.quantize, load_torch=merged,
+                                                   variant=f"lora-{task}-{self.key}")
+        return self.graphs[task]
+

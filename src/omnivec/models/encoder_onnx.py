@@ -235,15 +235,20 @@ def _check_against_torch(session: OnnxBackbone, backbone: Any) -> None:
 
 
 def load_onnx_backbone(model_dir: str | Path, *, quantize: bool = False,
-                       load_torch: Callable[[], Any], threads: int | None = None) -> OnnxBackbone:
+                       load_torch: Callable[[], Any], threads: int | None = None,
+                       variant: str | None = None) -> OnnxBackbone:
     """The cached ONNX backbone of ``model_dir``, exporting (and quantising) it on first use.
 
     ``load_torch`` loads the float32 transformers model; it is only called on a cache miss.
+    ``variant`` names a weight variant of the same directory (a task adapter merged into the
+    weights by ``load_torch``, keyed by the adapter file's hash): it gets its own cache folder.
     """
     from transformers import AutoConfig
 
     model_dir = Path(model_dir)
     cache = onnx_cache_dir(model_dir)
+    if variant:
+        cache = cache / variant
     float_file = cache / FLOAT_FILE
     if not float_file.is_file():
         backbone = load_torch()

@@ -87,11 +87,33 @@ def _from_hub(repo_id: str) -> Path:
                          "Download it where the hub is reachable and pass the local directory instead.") from e
 
 
+def shipped_adapters(name: str | os.PathLike | None) -> Path | None:
+    """The trained adapters omnivec ships for a built-in model (``omnivec train`` output), if any."""
+    if name is None or str(name) in _E5_NAMES:
+        folder = Path(__file__).resolve().parent.parent / "assets" / "adapters" / DEFAULT_MODEL
+        if (folder / "adapter_config.json").is_file():
+            return folder
+    return None
+
+
 def load_model(name: str | os.PathLike | None = None, *, device: str | torch.device | None = None,
-               dtype: torch.dtype | None = None, **kwargs) -> EmbeddingModel:
-    """Load a model family instance by name, hub id or directory."""
+               dtype: torch.dtype | None = None, adapters: str | os.PathLike | None = "default",
+               **kwargs) -> EmbeddingModel:
+    """Load a model family instance by name, hub id or directory.
+
+    ``adapters`` (encoder family): ``"default"`` = the adapters shipped for a built-in model,
+    else those in the model directory; a folder; or ``None`` for the bare backbone. jina-v4
+    checkpoints always use their own ``adapters/`` folder.
+    """
     path = resolve_model_path(name)
-    loader = _family_loader(detect_family(path))
+    family = detect_family(path)
+    if family == "encoder":
+        if isinstance(adapters, str) and adapters == "default":
+            adapters = shipped_adapters(name) or "auto"
+        kwargs["adapters"] = adapters
+    elif not (isinstance(adapters, str) and adapters in ("default", "auto")):
+        raise ValueError(f"adapters={adapters!r}: a {family} checkpoint loads the adapters of its own directory")
+    loader = _family_loader(family)
     with _quiet_transformers():
         return loader(path, device=device, dtype=dtype, **kwargs)
 

@@ -241,7 +241,7 @@ def create_app(embedder: Embedder | None = None, settings: ServerSettings | None
                     late_chunking.plan, emb.model, spec.inputs, task, spec.truncate)
             except InputError as e:
                 raise _input_error(e, spec) from None
-            dense = await engine.run_exclusive(lambda: late_chunking.embed(emb.model, windows))
+            dense = await engine.run_exclusive(lambda: late_chunking.embed(emb.model, windows, task))
             n = len(spec.inputs)
             per_item = [total // n + (1 if i < total % n else 0) for i in range(n)]
             return JobResult(dense, None), per_item, list(range(n))

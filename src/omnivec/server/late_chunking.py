@@ -21,7 +21,7 @@ from ..tasks import TaskSpec
 
 
 def supported(model: Any) -> bool:
-    return getattr(model, "family", None) == "encoder" and hasattr(model, "backbone")
+    return getattr(model, "family", None) == "encoder" and hasattr(model, "token_states")
 
 
 def plan(model: Any, texts: list[str], task: TaskSpec, truncate: bool) -> tuple[list[list[int]], int]:
@@ -52,14 +52,14 @@ def plan(model: Any, texts: list[str], task: TaskSpec, truncate: bool) -> tuple[
     return [[prompt_ids] + w for w in windows], total
 
 
-def embed(model: Any, windows: list[list[list[int]]]) -> np.ndarray:
-    """Forward thread: one pass per window; rows = mean of each input's own token states."""
+def embed(model: Any, windows: list[list[list[int]]], task: TaskSpec | None = None) -> np.ndarray:
+    """Forward thread: one pass per window (through ``task``'s adapter); rows = mean of each input's own token states."""
     head, tail = _specials(model)
     rows: list[np.ndarray] = []
     for window in windows:
         prompt_ids, parts = window[0], window[1:]
         flat = [t for ids in window for t in ids]
-        hidden = _token_states(model, np.asarray([head + flat + tail], dtype=np.int64))
+        hidden = _token_states(model, np.asarray([head + flat + tail], dtype=np.int64), task)
         start = len(head) + len(prompt_ids)
         for part in parts:
             end = start + len(part)
@@ -76,13 +76,9 @@ def _specials(model: Any) -> tuple[list[int], list[int]]:
     return list(ids[:1]), list(ids[1:])
 
 
-def _token_states(model: Any, ids: np.ndarray) -> torch.Tensor:
-    """(1, L) ids -> (L, hidden) float32 CPU states, through whichever backend the model runs."""
+def _token_states(model: Any, ids: np.ndarray, task: TaskSpec | None) -> torch.Tensor:
+    """(1, L) ids -> (L, hidden) float32 CPU states, through the encoder's public seam."""
     mask = np.ones_like(ids)
     with torch.inference_mode():
-        if hasattr(model, "_hidden_states"):   # encoder seam covering its torch and ONNX backends
-            hidden, _ = model._hidden_states(ids, mask)
-        else:
-            t = torch.from_numpy(ids).to(model.device)
-            hidden = model.backbone(input_ids=t, attention_mask=torch.ones_like(t)).last_hidden_state
+        hidden, _ = model.token_states(ids, mask, [task.adapter if task else None])
         return hidden[0].float().cpu()

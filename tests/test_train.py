@@ -1,0 +1,184 @@
+"""``omnivec train`` end to end on a tiny BERT built in the test (real tokenizer, real stdlib pairs)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _helpers_encoder import minilm_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BertModel with all-MiniLM-L6-v2's tokenizer and e5-style prompts."""
+    from transformers import BertConfig, BertModel
+    out = tmp_path_factory.mktemp("tiny-bert")
+    src = minilm_dir()
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(out)
+    shutil.copy(src / "tokenizer.json", out / "tokenizer.json")
+    (out / "omnivec.json").write_text(json.dumps({"name": "tiny-bert", "family": "encoder",
+                                                  "prompts": {"query": "query: ", "passage": "passage: "}}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory) -> Path:
+    """96 real docstring -> code pairs from the standard library, as JSONL with hard negatives."""
+    from omnivec.train.data import stdlib_code_pairs
+    from omnivec.data.stdlib import stdlib_root
+    pairs, _ = stdlib_code_pairs(roots=[stdlib_root() / "json"])
+    pairs += stdlib_code_pairs(roots=[stdlib_root() / "email"])[0]
+    assert len(pairs) >= 96
+    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    with path.open("w") as fh:
+        for p in pairs[:96]:
+            fh.write(json.dumps({"query": p.query, "positive": p.positive, "negatives": p.negatives}) + "\n")
+    return path
+
+
+def _config(base, data, out, **kw):
+    from omnivec.train import TrainConfig
+    args = dict(task="code", data=str(data), out=str(out), base=str(base), batch_size=8, max_steps=12,
+                lr=5e-3, projector_lr=5e-3, temperature=0.05, val_fraction=0.1, eval_every=6, save_every=3,
+                multivector_dim=16, max_doc_tokens=64, max_query_tokens=32, seed=3)
+    args.update(kw)
+    return TrainConfig(**args)
+
+
+def _weights(folder: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_loss_falls_backbone_frozen_and_output_loads(tiny_encoder, pairs_file, tmp_path):
+    from safetensors.torch import load_file
+
+    import omnivec
+    from omnivec.train import Trainer
+    before = load_file(str(tiny_encoder / "model.safetensors"))
+    trainer = Trainer(_config(tiny_encoder, pairs_file, tmp_path / "ad", max_steps=24), progress=False)
+    result = trainer.run()
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert result.steps == 24 and len(losses) >= 2
+    assert np.mean(trainer.step_losses[-6:]) < np.mean(trainer.step_losses[:6]), trainer.step_losses
+    # the backbone is frozen: every non-LoRA weight of the trained model equals the checkpoint's
+    live = {k.replace(".base.", "."): v for k, v in trainer.enc.backbone.state_dict().items() if "lora_" not in k}
+    assert before.keys() <= live.keys()
+    for key, value in before.items():
+        assert torch.equal(live[key], value), key
+    out = tmp_path / "ad"
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["task_names"] == ["code"] and cfg["r"] == 8
+    assert (out / "multivector_projector.safetensors").is_file()
+    meta = json.loads((out / "omnivec-adapters.json").read_text())
+    assert meta["tasks"]["code"]["steps"] == 24
+
+    texts = ["Return the JSON encoding of an object.", "def f(x):\n    return x + 1"]
+    bare = omnivec.load(str(tiny_encoder), adapters=None, backend="torch")
+    torch_m = omnivec.load(str(tiny_encoder), adapters=str(out), backend="torch")
+    onnx_m = omnivec.load(str(tiny_encoder), adapters=str(out), backend="onnx")
+    assert torch_m.multivector_dim == 16 and onnx_m.multivector_dim == 16
+    for task in ("code.query", "code.passage"):
+        a = torch_m.encode(texts, task=task)
+        b = onnx_m.encode(texts, task=task)
+        assert np.min(np.sum(a * b, axis=1)) > 0.9999                    # merged-ONNX == routed torch
+        assert np.max(np.abs(a - bare.encode(texts, task=task))) > 1e-3  # the adapter does something
+    # a task without an adapter runs the bare backbone, on both backends, also in a mixed batch
+    mixed = ["retrieval.query", "code.query"]
+    for m in (torch_m, onnx_m):
+        got = m.encode(texts, task=mixed)
+        assert np.allclose(got[0], bare.encode(texts[:1], task="retrieval.query")[0], atol=1e-5)
+        assert np.allclose(got[1], torch_m.encode(texts[1:], task="code.query")[0], atol=1e-4)
+
+
+def test_deterministic_and_resumable(tiny_encoder, pairs_file, tmp_path):
+    from omnivec.train import Trainer
+    Trainer(_config(tiny_encoder, pairs_file, tmp_path / "a"), progress=False).run()
+    Trainer(_config(tiny_encoder, pairs_file, tmp_path / "b"), progress=False).run()
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    # interrupted (Ctrl-C) after step 7, last checkpoint at step 6; the rerun resumes there
+    def interrupt(step, parts):
+        if step == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_config(tiny_encoder, pairs_file, tmp_path / "c"), progress=False, on_step=interrupt).run()
+    logs: list[str] = []
+    Trainer(_config(tiny_encoder, pairs_file, tmp_path / "c"), progress=False, log=logs.append).run()
+    assert any("resumed from step 6" in m for m in logs), logs
+    c = _weights(tmp_path / "c")
+    assert all(np.allclose(a[k], c[k], atol=1e-6) for k in a)
+
+
+def test_second_task_joins_the_folder_and_cosent(tiny_encoder, tmp_path):
+    """A graded (CoSENT) text-matching adapter added to a folder that holds a code adapter."""
+    from omnivec.train import Trainer
+    rows = []
+    words = ["cat", "dog", "car", "tree", "house", "river", "phone", "bread"]
+    for i, w in enumerate(words):
+        for j, v in enumerate(words):
+            rows.append({"text1": f"a photo of a {w}", "text2": f"a picture of a {v}", "score": 5.0 if i == j else 0.0})
+    data = tmp_path / "sts.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    code_rows = tmp_path / "code.jsonl"
+    code_rows.write_text("\n".join(json.dumps({"query": f"add {i}", "positive": f"x + {i}"}) for i in range(40)))
+    out = tmp_path / "ad"
+    Trainer(_config(tiny_encoder, code_rows, out, max_steps=3, eval_every=3), progress=False).run()
+    code_before = _weights(out)
+    res = Trainer(_config(tiny_encoder, data, out, task="text-matching", loss="cosent", max_steps=6, eval_every=3),
+                  progress=False).run()
+    assert "spearman" in res.best_val
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["task_names"] == ["code", "text-matching"]
+    after = _weights(out)
+    for k, v in code_before.items():          # the code adapter is kept as it was
+        assert np.array_equal(after[k], v)
+    assert any(".text-matching." in k for k in after)
+
+
+def test_bad_inputs_are_clear(tiny_encoder, tmp_path):
+    from omnivec.train import Trainer
+    from omnivec.train.data import read_jsonl
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "a", "positive": "b"}\n{"oops": 1}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        read_jsonl(bad)
+    bad.write_text('{"query": "a", "positive": "b"}\nnot json\n')
+    with pytest.raises(ValueError, match="invalid JSON"):
+        read_jsonl(bad)
+    with pytest.raises(FileNotFoundError):
+        Trainer(_config(tiny_encoder, tmp_path / "missing.jsonl", tmp_path / "o"), progress=False).run()
+    ok = tmp_path / "ok.jsonl"
+    ok.write_text("\n".join(json.dumps({"query": f"q{i}", "positive": f"p{i}"}) for i in range(40)))
+    with pytest.raises(ValueError, match="task must be"):
+        Trainer(_config(tiny_encoder, ok, tmp_path / "o", task="summarise"), progress=False).run()
+    with pytest.raises(ValueError, match="cosent"):
+        Trainer(_config(tiny_encoder, ok, tmp_path / "o", loss="cosent"), progress=False).run()
+
+
+def test_builders_hold_out_evaluation_data():
+    from omnivec.data.humaneval import humaneval_pairs
+    from omnivec.train.data import (DJANGO_TRAIN_LANGUAGES, _shingles, django_parallel_pairs, is_heldout_string,
+                                    stdlib_code_pairs)
+    from omnivec.data.stdlib import stdlib_root
+    pairs, stats = stdlib_code_pairs(roots=[stdlib_root() / "json", stdlib_root() / "collections"])
+    assert stats["kept"] == len(pairs) > 20
+    he = set()
+    for p in humaneval_pairs():
+        he |= _shingles(p.query) | _shingles(p.document)
+    for p in pairs:
+        assert not (_shingles(p.query) | _shingles(p.positive)) & he
+        assert p.query not in p.positive          # the docstring is removed from the document
+    dj, per_lang = django_parallel_pairs(DJANGO_TRAIN_LANGUAGES[:2])
+    assert set(per_lang) == set(DJANGO_TRAIN_LANGUAGES[:2])
+    english = {p.query for p in dj[::2]}
+    assert english and not any(is_heldout_string(e) for e in english)
+    assert "ar" not in DJANGO_TRAIN_LANGUAGES and "ko" not in DJANGO_TRAIN_LANGUAGES
