@@ -17,9 +17,14 @@ app = typer.Typer(help="omnivec: universal embeddings (text, images, PDF pages, 
 err = Console(stderr=True)
 
 
-def _load(model: Optional[str], device: Optional[str], quantize: bool = False):
+ADAPTERS_HELP = "Task adapters: a folder, 'none' for the bare backbone (default: those shipped for the model)."
+
+
+def _load(model: Optional[str], device: Optional[str], quantize: bool = False, adapters: Optional[str] = None):
     import omnivec
-    kwargs = {"quantize": True} if quantize else {}
+    kwargs: dict = {"quantize": True} if quantize else {}
+    if adapters is not None:
+        kwargs["adapters"] = None if adapters.lower() == "none" else adapters
     start = time.perf_counter()
     with err.status(f"loading {model or omnivec.DEFAULT_MODEL} ..."):
         m = omnivec.load(model, device=device, **kwargs)
@@ -44,6 +49,7 @@ def embed(
     multivector: bool = typer.Option(False, "--multivector", help="Per-token multi-vectors instead of dense."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or directory (default: embedded)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: GPU if present)."),
+    adapters: Optional[str] = typer.Option(None, "--adapters", help=ADAPTERS_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write x.npy (dense), x.npz (multi) or x.jsonl."),
 ) -> None:
     """Embed texts, images and PDF pages; print a summary or write the vectors."""
@@ -56,7 +62,10 @@ def embed(
     inputs.extend(omnivec.PDF(p) for p in pdf)
     if not inputs:
         _fail("nothing to embed: give texts, --file, --image or --pdf")
-    m = _load(model, device)
+    try:
+        m = _load(model, device, adapters=adapters)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
     start = time.perf_counter()
     try:
         result = m.embed(inputs, task, dimensions=dimensions, dense=not multivector,
@@ -148,6 +157,7 @@ def serve(
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a batch waits for more requests."),
     max_pending: int = typer.Option(8192, "--max-pending-items", help="Queued items before answering 503."),
     log_level: str = typer.Option("info", "--log-level"),
+    adapters: Optional[str] = typer.Option(None, "--adapters", help=ADAPTERS_HELP),
 ) -> None:
     """Serve the HTTP API (Jina- and OpenAI-compatible /v1/embeddings) with cross-request batching."""
     import uvicorn
@@ -157,7 +167,8 @@ def serve(
     settings = ServerSettings(model_aliases=list(model_alias), api_keys=list(api_key),
                               allow_url_fetch=allow_url_fetch, max_body_bytes=int(max_body_mb * 2**20),
                               max_wait_ms=max_wait_ms, max_pending_items=max_pending)
-    app_ = create_app(loader=lambda: omnivec.load(model, device=device), settings=settings)
+    load_kwargs = {} if adapters is None else {"adapters": None if adapters.lower() == "none" else adapters}
+    app_ = create_app(loader=lambda: omnivec.load(model, device=device, **load_kwargs), settings=settings)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     auth = ' -H "Authorization: Bearer $KEY"' if api_key else ""
     err.print(f"[bold]omnivec[/bold] serving {model or omnivec.DEFAULT_MODEL} on {url} "
@@ -169,7 +180,8 @@ def serve(
 
 @app.command("eval")
 def eval_(
-    suite: str = typer.Argument(..., help="humaneval | django-xlang | vdr-rendered | a BEIR or QA dataset path."),
+    suite: str = typer.Argument(..., help="humaneval | humaneval-nl | django-xlang | django-xlang-heldout | "
+                                          "vdr-rendered | a BEIR or QA dataset path."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or directory (default: embedded)."),
     task: Optional[str] = typer.Option(None, "--task", "-t", help="Override tasks: retrieval | code | text-matching."),
     multivector: bool = typer.Option(False, "--multivector", help="Also rank with multi-vector MaxSim."),
@@ -179,6 +191,7 @@ def eval_(
     seed: int = typer.Option(0, "--seed", help="Seed of --limit."),
     out: Path = typer.Option(Path("eval-out"), "--out", "-o", help="Folder for report.md, results.json, plots."),
     device: Optional[str] = typer.Option(None, "--device"),
+    adapters: Optional[str] = typer.Option(None, "--adapters", help=ADAPTERS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
 ) -> None:
     """Evaluate retrieval (nDCG, recall, MRR, MAP) on a built-in suite or a dataset on disk."""
@@ -197,7 +210,10 @@ def eval_(
     except ValueError:
         _fail(f"--dimensions must be comma-separated integers, got {dimensions!r}")
     baselines = [b for x in baseline for b in x.split(",") if b and b != "none"] if baseline else list(loaded.baselines)
-    m = _load(model, device)
+    try:
+        m = _load(model, device, adapters=adapters)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
     for d in dims or []:
         if not 1 <= d <= m.dim:
             _fail(f"--dimensions: {d} is outside 1..{m.dim}")

@@ -47,6 +47,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"# omnivec eval: {results['suite']}", "",
              f"- model: `{model.get('model')}` ({model.get('family', '?')}, {model.get('dim')}-d, "
              f"device {model.get('device')}){'; images read by OCR then embedded as text' if results.get('ocr_model') else ''}",
+             f"- task adapters: {', '.join(model.get('adapters') or []) or 'none (bare backbone)'}"
+             + (f" from `{model['adapter_dir']}`" if model.get("adapter_dir") else ""),
              f"- suite size: {len(results['datasets'])} dataset(s), {results['n_queries']} queries, "
              f"{results['n_docs']} documents", f"- headline metric: {headline} (scores x100)",
              f"- time: {results['time_s']:.1f} s", f"- machine: {results['machine']['cpu']}, "
