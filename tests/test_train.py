@@ -201,3 +201,18 @@ def test_cached_gradient_micro_batches_match_the_full_batch(tiny_encoder, pairs_
     assert len(a) == len(b) and any(float(g.abs().max()) > 0 for g in a)
     for ga, gb in zip(a, b):
         assert torch.allclose(ga, gb, rtol=1e-3, atol=1e-6)
+
+
+def test_cli_train_writes_a_loadable_folder(tiny_encoder, pairs_file, tmp_path):
+    from typer.testing import CliRunner
+
+    from omnivec.cli import app
+    out = tmp_path / "cli-ad"
+    args = ["train", "code", "--data", str(pairs_file), "--out", str(out), "--base", str(tiny_encoder),
+            "--max-steps", "2", "--batch-size", "8", "--eval-every", "2", "--multivector-dim", "16"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "adapter_config.json").read_text())["task_names"] == ["code"]
+    bad = CliRunner().invoke(app, ["train", "summarise", "--data", str(pairs_file), "--out", str(out),
+                                   "--base", str(tiny_encoder)])
+    assert bad.exit_code == 2 and "task must be" in bad.output
