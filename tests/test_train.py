@@ -57,7 +57,7 @@ def _weights(folder: Path) -> dict[str, np.ndarray]:
     return load_file(str(folder / "adapter_model.safetensors"))
 
 
-def test_loss_falls_backbone_frozen_and_output_loads(tiny_encoder, pairs_file, tmp_path):
+def test_loss_falls_backbone_frozen_and_output_loads(tiny_encoder, pairs_file, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     import omnivec
@@ -80,6 +80,9 @@ def test_loss_falls_backbone_frozen_and_output_loads(tiny_encoder, pairs_file, t
     meta = json.loads((out / "omnivec-adapters.json").read_text())
     assert meta["tasks"]["code"]["steps"] == 24
 
+    # the tiny model's 30522 x 32 embedding matrix counts as "large": task graphs share it
+    import omnivec.models.encoder_onnx as encoder_onnx
+    monkeypatch.setattr(encoder_onnx, "SHARED_INITIALIZER_MIN_ELEMENTS", 500_000)
     texts = ["Return the JSON encoding of an object.", "def f(x):\n    return x + 1"]
     bare = omnivec.load(str(tiny_encoder), adapters=None, backend="torch")
     torch_m = omnivec.load(str(tiny_encoder), adapters=str(out), backend="torch")
@@ -90,6 +93,9 @@ def test_loss_falls_backbone_frozen_and_output_loads(tiny_encoder, pairs_file, t
         b = onnx_m.encode(texts, task=task)
         assert np.min(np.sum(a * b, axis=1)) > 0.9999                    # merged-ONNX == routed torch
         assert np.max(np.abs(a - bare.encode(texts, task=task))) > 1e-3  # the adapter does something
+    shared = onnx_m.model._task_graphs.shared
+    assert len(shared) == 1 and "word_embeddings" in next(iter(shared)), list(shared)
+    assert onnx_m.model.backbone.shared and onnx_m.model._task_graphs.graphs["code"].shared
     # a task without an adapter runs the bare backbone, on both backends, also in a mixed batch
     mixed = ["retrieval.query", "code.query"]
     for m in (torch_m, onnx_m):

@@ -311,7 +311,7 @@ class EncoderModel(EmbeddingModel):
                     pad_id=int(pad_id), projector=projector, device=dev,
                     dtype=torch.float32 if quantize else dtype, quantized=quantize)
         if adapter_dir is not None and not isinstance(backbone, nn.Module):
-            model._task_graphs = _TaskGraphs(path, adapter_dir, quantize)
+            model._task_graphs = _TaskGraphs(path, adapter_dir, quantize, model)
         model.adapters = tasks
         model.adapter_dir = adapter_dir
         return model
@@ -418,9 +418,10 @@ class _TaskGraphs:
     read the cache.
     """
 
-    def __init__(self, model_dir: Path, adapter_dir: Path, quantize: bool) -> None:
+    def __init__(self, model_dir: Path, adapter_dir: Path, quantize: bool, owner: "EncoderModel") -> None:
         import hashlib
-        self.model_dir, self.adapter_dir, self.quantize = model_dir, adapter_dir, quantize
+        self.model_dir, self.adapter_dir, self.quantize, self.owner = model_dir, adapter_dir, quantize, owner
+        self.shared: dict[str, Any] | None = None
         digest = hashlib.sha256()
         for f in ("adapter_model.safetensors", "adapter_config.json"):
             digest.update((adapter_dir / f).read_bytes())
@@ -437,7 +438,18 @@ class _TaskGraphs:
                 load_adapters(bb, self.adapter_dir)
                 return merge_task(bb, task).eval()
 
+            if self.shared is None:
+                self._share_embeddings()
             self.graphs[task] = load_onnx_backbone(self.model_dir, quantize=self.quantize, load_torch=merged,
-                                                   variant=f"lora-{task}-{self.key}")
+                                                   variant=f"lora-{task}-{self.key}", shared=self.shared)
         return self.graphs[task]
+
+    def _share_embeddings(self) -> None:
+        """Reopen the bare graph on a shared word-embedding matrix that task graphs reuse
+        (one 384 MB copy on e5-small instead of one per task); done once, on first task use."""
+        from .encoder_onnx import OnnxBackbone, shared_initializers
+        base = self.owner.backbone
+        self.shared = shared_initializers(base.file)
+        if self.shared:
+            self.owner.backbone = OnnxBackbone(base.file, base.config, quantized=base.quantized, shared=self.shared)
 

@@ -183,10 +183,16 @@ def quantize_int8(float_file: Path, out_file: Path) -> None:
 class OnnxBackbone:
     """An ONNX Runtime session that maps (ids, mask) to the last hidden state, float32."""
 
-    def __init__(self, file: Path, config: Any, *, quantized: bool, threads: int | None = None) -> None:
+    def __init__(self, file: Path, config: Any, *, quantized: bool, threads: int | None = None,
+                 shared: dict[str, Any] | None = None) -> None:
+        """``shared``: initializer name -> ``OrtValue`` used instead of the file's copy (several
+        sessions of one model then hold one word-embedding matrix between them)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        self.shared = dict(shared or {})
+        for name, value in self.shared.items():
+            opts.add_initializer(name, value)
         opts.intra_op_num_threads = max(1, int(threads or _default_threads()))
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -207,6 +213,27 @@ class OnnxBackbone:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
         (hidden,) = self.session.run(["last_hidden_state"], feeds)
         return hidden
+
+
+SHARED_INITIALIZER_MIN_ELEMENTS = 10_000_000   # the word-embedding matrix (96M values on e5-small)
+
+
+def shared_initializers(file: Path) -> dict[str, Any]:
+    """The graph's large initializers (the word embeddings) as ``OrtValue``s other sessions can reuse.
+
+    Why: a task adapter never touches the embedding matrix, so every per-task graph of one
+    encoder holds the same 384 MB; handing each session the same ``OrtValue`` keeps one copy.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model = onnx.load(str(file))
+    out = {}
+    for init in model.graph.initializer:
+        if int(np.prod(init.dims)) >= SHARED_INITIALIZER_MIN_ELEMENTS:
+            out[init.name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(init)))
+    return out
 
 
 def _default_threads() -> int:
@@ -236,7 +263,7 @@ def _check_against_torch(session: OnnxBackbone, backbone: Any) -> None:
 
 def load_onnx_backbone(model_dir: str | Path, *, quantize: bool = False,
                        load_torch: Callable[[], Any], threads: int | None = None,
-                       variant: str | None = None) -> OnnxBackbone:
+                       variant: str | None = None, shared: dict[str, Any] | None = None) -> OnnxBackbone:
     """The cached ONNX backbone of ``model_dir``, exporting (and quantising) it on first use.
 
     ``load_torch`` loads the float32 transformers model; it is only called on a cache miss.
@@ -267,9 +294,9 @@ def load_onnx_backbone(model_dir: str | Path, *, quantize: bool = False,
         del backbone
     config = AutoConfig.from_pretrained(str(model_dir))
     if not quantize:
-        return OnnxBackbone(float_file, config, quantized=False, threads=threads)
+        return OnnxBackbone(float_file, config, quantized=False, threads=threads, shared=shared)
     int8_file = cache / INT8_FILE
     if not int8_file.is_file():
         _atomic_write(int8_file, lambda out: quantize_int8(float_file, out))
         export_count["int8"] += 1
-    return OnnxBackbone(int8_file, config, quantized=True, threads=threads)
+    return OnnxBackbone(int8_file, config, quantized=True, threads=threads, shared=shared)
