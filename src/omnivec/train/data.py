@@ -168,7 +168,7 @@ def stdlib_code_pairs(*, roots: Iterable[Path] | None = None, max_doc_chars: int
     for root in roots or [stdlib_root()]:
         for pair in iter_code_pairs(root):
             stats["seen"] += 1
-            code = strip_docstring(_dedent(pair.source))
+            code = strip_docstring(pair.source)   # sources come dedented
             if code is None:
                 stats["no_code"] += 1
                 continue
@@ -191,12 +191,6 @@ def stdlib_code_pairs(*, roots: Iterable[Path] | None = None, max_doc_chars: int
             out.append(PairExample(doc, code, negs))
     stats["kept"] = len(out)
     return out, stats
-
-
-def _dedent(source: str) -> str:
-    """Method sources are indented; ``ast.parse`` wants them at column 0."""
-    import textwrap
-    return textwrap.dedent(source)
 
 
 # --------------------------------------------------------------------------- django-parallel

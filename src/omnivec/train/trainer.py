@@ -26,12 +26,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..adapters import task_routing
+from ..models.encoder import PROJECTOR_FILE
 from ..tasks import TaskSpec
 from .data import Example, GradedExample, PairExample, iter_batches, load_examples, split_validation
 from .losses import cosent, info_nce_from_scores, kl_divergence, matryoshka, maxsim_matrix
 from .model import Reps, TrainableEncoder, padded_batch, pca_projector
 
-PROJECTOR_FILE = "multivector_projector.safetensors"
 CHUNK_TOKENS = 2048     # padded tokens per forward chunk (cache-friendly on a CPU)
 META_FILE = "omnivec-adapters.json"
 
@@ -236,7 +237,6 @@ class Trainer:
         warm = max(1, int(self.total_steps * cfg.warmup))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min((s + 1) / warm, max(0.0, (self.total_steps - s) / max(1, self.total_steps - warm))))
-        self.per_epoch = per_epoch
 
     def _matryoshka_dims(self, full: int) -> list[int]:
         if self.cfg.matryoshka_dims:
@@ -249,11 +249,10 @@ class Trainer:
     def _pca_init(self) -> torch.nn.Linear:
         """PCA of token states of up to 64 training documents (frozen backbone, no adapter)."""
         docs = [r.get("pos", r.get("a")) for r in self.train_rows[:64]]
-        with torch.no_grad(), _no_adapter(self.enc):
-            hidden = self.enc.backbone(**padded_batch(docs, self.enc.model.pad_id)).last_hidden_state
-        mask = torch.zeros(hidden.shape[:2], dtype=torch.bool)
-        for i, d in enumerate(docs):
-            mask[i, :len(d)] = True
+        batch = padded_batch(docs, self.enc.model.pad_id)
+        with torch.no_grad(), task_routing(self.enc.backbone, None):
+            hidden = self.enc.backbone(**batch).last_hidden_state
+        mask = batch["attention_mask"].bool()
         dim = min(self.cfg.multivector_dim, int(mask.sum()), hidden.shape[-1])
         return pca_projector(hidden[mask], dim)
 
@@ -355,9 +354,8 @@ class Trainer:
         lr = _joined([self.enc.represent(left[i:i + 64], with_tokens=tokens) for i in range(0, len(left), 64)])
         rr = _joined([self.enc.represent(right[i:i + 64], with_tokens=tokens) for i in range(0, len(right), 64)])
         if graded:
-            from scipy.stats import spearmanr   # noqa: PLC0415 (scipy ships with scikit-learn/torch deps)
-            cos = (lr.dense * rr.dense).sum(-1).numpy()
-            return {"spearman": float(spearmanr(cos, [r["score"] for r in rows]).correlation)}
+            cos = (lr.dense * rr.dense).sum(-1)
+            return {"spearman": _spearman(cos, torch.tensor([r["score"] for r in rows], dtype=cos.dtype))}
         out = {"dense_mrr10": _mrr10(lr.dense @ rr.dense.T)}
         small = 128 if 128 in self.dims else self.dims[-1]
         out[f"dense{small}_mrr10"] = _mrr10(F.normalize(lr.dense[:, :small], dim=-1) @ F.normalize(rr.dense[:, :small], dim=-1).T)
@@ -503,18 +501,19 @@ def _lora_items(enc: TrainableEncoder):
     return sorted(lora_layers(enc.backbone).items())
 
 
-class _no_adapter:
-    def __init__(self, enc: TrainableEncoder) -> None:
-        self.enc = enc
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """1-based ranks, ties sharing their average rank (as Spearman's rho needs)."""
+    values, inverse, counts = torch.unique(x, sorted=True, return_inverse=True, return_counts=True)
+    first = torch.cumsum(counts, 0) - counts                 # 0-based rank of each distinct value
+    return (first + (counts + 1) / 2).to(torch.float64)[inverse]
 
-    def __enter__(self) -> None:
-        from ..adapters import get_router
-        self.router = get_router(self.enc.backbone)
-        self.prev = (self.router.task_ids, self.router.single, self.router.groups)
-        self.router.set(None)
 
-    def __exit__(self, *exc: Any) -> None:
-        self.router.task_ids, self.router.single, self.router.groups = self.prev
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman's rank correlation: Pearson's r of the (tie-averaged) ranks."""
+    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = float(ra.norm() * rb.norm())
+    return float((ra * rb).sum()) / denom if denom else 0.0
 
 
 def _mrr10(scores: torch.Tensor) -> float:

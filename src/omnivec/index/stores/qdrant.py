@@ -261,15 +261,16 @@ class QdrantStore:
         order = np.argsort(-scores, kind="stable")[:k]
         return [(cands[i], float(scores[i])) for i in order]
 
-    def get(self, ids: Sequence[str]) -> dict[str, Record]:
-        out: dict[str, Record] = {}
+    def _retrieve(self, ids: Sequence[str], payload: list[str], vectors: bool | list[str]) -> Iterator[Any]:
+        """Points of ``ids`` (duplicates dropped, unknown ids skipped), fetched in batches."""
         uniq = list(dict.fromkeys(ids))
         for start in range(0, len(uniq), BATCH * 4):
-            for p in self.client.retrieve(self.collection, [point_id(i) for i in uniq[start:start + BATCH * 4]],
-                                          with_payload=PAYLOAD, with_vectors=["dense"]):
-                r = self._record(p)
-                out[r.id] = r
-        return out
+            yield from self.client.retrieve(self.collection, [point_id(i) for i in uniq[start:start + BATCH * 4]],
+                                            with_payload=payload, with_vectors=vectors)
+
+    def get(self, ids: Sequence[str]) -> dict[str, Record]:
+        records = (self._record(p) for p in self._retrieve(ids, PAYLOAD, ["dense"]))
+        return {r.id: r for r in records}
 
     def multivectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """float32 (tokens, mdim) per id; (0, mdim) for a record stored without one; unknown ids omitted."""
@@ -277,21 +278,18 @@ class QdrantStore:
         if mdim is None:
             raise ValueError(f"qdrant collection {self.collection!r} holds no multi-vectors")
         out: dict[str, np.ndarray] = {}
-        uniq = list(dict.fromkeys(ids))
         payload = ["id"] if self._native_multi else ["id", "mbits", "mtokens"]
         vectors: bool | list[str] = ["multi"] if self._native_multi else False
-        for start in range(0, len(uniq), BATCH * 4):
-            for p in self.client.retrieve(self.collection, [point_id(i) for i in uniq[start:start + BATCH * 4]],
-                                          with_payload=payload, with_vectors=vectors):
-                rid = p.payload["id"]
-                if self._native_multi:
-                    rows = (p.vector or {}).get("multi") if isinstance(p.vector, dict) else None
-                    out[rid] = (np.asarray(rows, dtype=np.float32).reshape(-1, mdim) if rows
-                                else np.zeros((0, mdim), np.float32))
-                elif p.payload.get("mbits") is not None:
-                    out[rid] = unpack_signs(base64.b64decode(p.payload["mbits"]), p.payload["mtokens"], mdim)
-                else:
-                    out[rid] = np.zeros((0, mdim), np.float32)
+        for p in self._retrieve(ids, payload, vectors):
+            rid = p.payload["id"]
+            if self._native_multi:
+                rows = (p.vector or {}).get("multi") if isinstance(p.vector, dict) else None
+                out[rid] = (np.asarray(rows, dtype=np.float32).reshape(-1, mdim) if rows
+                            else np.zeros((0, mdim), np.float32))
+            elif p.payload.get("mbits") is not None:
+                out[rid] = unpack_signs(base64.b64decode(p.payload["mbits"]), p.payload["mtokens"], mdim)
+            else:
+                out[rid] = np.zeros((0, mdim), np.float32)
         return out
 
     def iter_texts(self) -> Iterator[tuple[str, str]]:
