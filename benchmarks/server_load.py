@@ -70,7 +70,7 @@ def client(url: str, texts: list[str], batch: int, until: float, seed: int, out:
             lat.append(time.perf_counter() - t0)
             items += batch if ok else 0
             errors += 0 if ok else 1
-    out.put((lat, items, errors))
+    out.put((lat, items, errors, time.process_time()))
 
 
 def main() -> None:
@@ -137,6 +137,9 @@ def main() -> None:
         "errors": errors, "server_rss_mb_start": round(rss_start / 1024), "server_rss_mb_end": round(rss_end / 1024),
         "server_rss_mb_peak": round(rss_peak / 1024), "library_items_per_s": round(lib_rate, 1),
         "server_vs_library": round(items / wall / lib_rate, 2),
+        # CPU the client processes themselves used, as a share of the machine: on a small
+        # machine that is taken from the server, while the library baseline has no clients.
+        "client_cpu_share": round(sum(r[3] for r in results) / (wall * (os.cpu_count() or 1)), 3),
     }
     print(json.dumps(report, indent=2))
 

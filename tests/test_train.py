@@ -93,7 +93,7 @@ def test_loss_falls_backbone_frozen_and_output_loads(tiny_encoder, pairs_file, t
         b = onnx_m.encode(texts, task=task)
         assert np.min(np.sum(a * b, axis=1)) > 0.9999                    # merged-ONNX == routed torch
         assert np.max(np.abs(a - bare.encode(texts, task=task))) > 1e-3  # the adapter does something
-    shared = onnx_m.model._task_graphs.shared
+    shared = onnx_m.model.backbone.shared
     assert len(shared) == 1 and "word_embeddings" in next(iter(shared)), list(shared)
     assert onnx_m.model.backbone.shared and onnx_m.model._task_graphs.graphs["code"].shared
     # a task without an adapter runs the bare backbone, on both backends, also in a mixed batch

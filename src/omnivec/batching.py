@@ -2,6 +2,13 @@
 
 Sorting by length means padding waste is small for padded backbones, and the first batch is the
 largest, so an out-of-memory shows up at once instead of at the end of a long job.
+
+For padded backbones that also pay a fixed cost per forward pass (``overhead_tokens``, e.g.
+ONNX Runtime on a CPU), the sorted rows are cut where it minimises the modelled time
+``sum(overhead + rows x longest)`` (an exact dynamic programme over contiguous runs of the
+sorted order). Why: a greedy fill pads a short row up to a long one whenever the budget has
+room, which on a few dozen mixed-length rows (a server round) wastes a third of the compute;
+cutting at the length jumps instead costs a few extra calls and wins back most of it.
 """
 from __future__ import annotations
 
@@ -9,16 +16,21 @@ from typing import Sequence
 
 
 def plan_batches(costs: Sequence[int], *, max_tokens: int, max_rows: int,
-                 padded: bool = True) -> list[list[int]]:
+                 padded: bool = True, overhead_tokens: int = 0) -> list[list[int]]:
     """Group input indices into batches.
 
     ``costs`` are per-input token counts. With ``padded`` a batch costs ``len * longest``
     (what a padded forward pass really computes); otherwise the sum (packed sequences).
-    A single input over the budget still gets a batch of its own.
+    A single input over the budget still gets a batch of its own. ``overhead_tokens`` > 0
+    (padded only) switches from greedy filling to the cheapest cut under
+    ``overhead_tokens + len * longest`` per batch, within the same budget and row cap.
     """
     if max_tokens < 1 or max_rows < 1:
         raise ValueError("max_tokens and max_rows must be >= 1")
     order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
+    if padded and overhead_tokens > 0:
+        return [[order[k] for k in run] for run in
+                _cheapest_runs([max(int(costs[i]), 1) for i in order], max_tokens, max_rows, overhead_tokens)]
     batches: list[list[int]] = []
     current: list[int] = []
     longest = 0
@@ -37,3 +49,28 @@ def plan_batches(costs: Sequence[int], *, max_tokens: int, max_rows: int,
     if current:
         batches.append(current)
     return batches
+
+
+def _cheapest_runs(desc: list[int], max_tokens: int, max_rows: int, overhead: int) -> list[range]:
+    """Split non-increasing ``desc`` into contiguous runs minimising sum(overhead + len * first).
+
+    ``best[i]`` is the cheapest cost of the first ``i`` rows; a run ``j..i-1`` is padded to
+    ``desc[j]`` (its longest). O(n * max_rows).
+    """
+    n = len(desc)
+    best = [0] + [float("inf")] * n
+    start = [0] * (n + 1)
+    for i in range(1, n + 1):
+        for j in range(i - 1, max(-1, i - 1 - max_rows), -1):
+            rows = i - j
+            if rows > 1 and rows * desc[j] > max_tokens:
+                break           # longer runs only grow: desc[j] rises as j falls
+            cost = best[j] + overhead + rows * desc[j]
+            if cost < best[i]:
+                best[i], start[i] = cost, j
+    runs: list[range] = []
+    i = n
+    while i:
+        runs.append(range(start[i], i))
+        i = start[i]
+    return runs[::-1]
