@@ -115,10 +115,9 @@ class Embedder:
                 batches = plan_batches([p.cost for p in chunk_prepared], max_tokens=self.batch_tokens,
                                        max_rows=batch_size or self.max_batch_rows, padded=self.model.padded,
                                        overhead_tokens=self.model.batch_overhead_tokens)
-                for batch, out in self.model.forward_batches(
-                        ((b, [chunk_prepared[i] for i in b]) for b in batches), dense=dense, multivector=multivector):
-                    if isinstance(out, Exception):
-                        raise out
+                for batch in batches:
+                    out = self.model.forward([chunk_prepared[i] for i in batch], dense=dense,
+                                             multivector=multivector)
                     pending.append(out)
                     for row, i in enumerate(batch):
                         if dense:

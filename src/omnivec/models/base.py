@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Literal, TypeVar
+from typing import Any, Literal
 
 import torch
 
 from ..tasks import TaskSpec
-
-Key = TypeVar("Key")
 
 @dataclass
 class Prepared:
@@ -81,25 +79,6 @@ class EmbeddingModel(ABC):
     def forward(self, batch: list[Prepared], *, dense: bool = True,
                 multivector: bool = False) -> ForwardOutput:
         """Run the backbone (with per-row task adapters) and the heads on one batch."""
-
-    def forward_batches(self, batches: Iterable[tuple[Key, list[Prepared]]], *, dense: bool = True,
-                        multivector: bool = False) -> Iterator[tuple[Key, ForwardOutput | Exception]]:
-        """Forward ``(key, batch)`` pairs, yielding ``(key, output)`` in input order.
-
-        A batch whose forward raises yields its exception instead (the caller decides whether
-        that fails everything or only that batch's rows); later batches still run. ``batches``
-        is consumed lazily, so a caller can drop rows (a cancelled request) up to the moment a
-        batch starts. Families that can run several batches at once (ONNX Runtime on CPU
-        cores) override this; GPU families return each output before its host copy lands
-        (call ``wait()`` before reading it).
-        """
-        for key, batch in batches:
-            try:
-                out = self.forward(batch, dense=dense, multivector=multivector)
-            except Exception as e:  # noqa: BLE001 - handed to the caller with its key
-                yield key, e
-                continue
-            yield key, out
 
     def info(self) -> dict[str, Any]:
         return {

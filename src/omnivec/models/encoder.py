@@ -15,15 +15,11 @@ Example::
 """
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import threading
 import warnings
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Union
+from typing import Any, Literal, Union
 
 import numpy as np
 import torch
@@ -31,7 +27,7 @@ from PIL import Image as PILImage
 from torch import nn
 
 from ..tasks import TaskSpec
-from .base import EmbeddingModel, ForwardOutput, Key, Prepared, PrepareOptions, pick_device
+from .base import EmbeddingModel, ForwardOutput, Prepared, PrepareOptions, pick_device
 
 PROJECTOR_FILE = "multivector_projector.safetensors"
 Backend = Literal["torch", "onnx"]
@@ -206,9 +202,6 @@ def choose_backend(path: Path, device: torch.device, dtype: torch.dtype | None,
     return "onnx"
 
 
-_LANE_POOL_LOCK = threading.Lock()
-
-
 class EncoderModel(EmbeddingModel):
     """A BERT-style encoder with prompts, mean pooling and a multi-vector projector.
 
@@ -217,7 +210,6 @@ class EncoderModel(EmbeddingModel):
     """
 
     family = "encoder"
-    forward_lanes = 1     # batches that may run at once (ONNX on a multi-core CPU: one per core)
 
     def __init__(self, backbone: Any, tokenizer: Any, *, name: str, prompts: dict[str, str],
                  max_tokens: int, pad_id: int, projector: nn.Linear | None = None,
@@ -232,16 +224,11 @@ class EncoderModel(EmbeddingModel):
             # ONNX Runtime on a CPU is fastest on small, cache-resident batches: measured on 667
             # stdlib docstrings, 2 cores: 1024 tokens x 16 rows 45 passages/s, 8192 x 64 34/s.
             self.batch_tokens, self.max_batch_rows = 1024, 16
-            # Batches run concurrently, one per core, on single-threaded twin sessions
-            # (OnnxBackbone.lane); OMNIVEC_CPU_LANES=1 turns it off (saves ~110 MB per graph).
-            self.forward_lanes = max(1, int(os.environ.get("OMNIVEC_CPU_LANES", backbone.threads)))
             # The fixed cost of one ORT call, in tokens, so the planner cuts batches at length
             # jumps instead of padding short rows (see omnivec.batching). Fit over 1-16 rows x
             # 8-128 tokens, e5-small, 2 cores: 6.0 ms + 0.17 ms/token on two threads (~36
-            # tokens). One thread fits ~11, but 36 measured as fast or faster with lanes too
-            # (512 mixed texts per call 112 vs 104 texts/s; 32 per call within noise).
+            # tokens; the threads synchronise at every operator).
             self.batch_overhead_tokens = 36
-        self._lane_pool: ThreadPoolExecutor | None = None
         self.tokenizer = tokenizer
         self.name = name
         self.prompts = prompts
@@ -339,7 +326,6 @@ class EncoderModel(EmbeddingModel):
         info["backend"] = "onnxruntime" if self.backend == "onnx" else "torch"
         info["quantization"] = "int8-dynamic" if self.quantized else None
         info["adapter_dir"] = str(self.adapter_dir) if self.adapter_dir else None
-        info["cpu_lanes"] = self.forward_lanes
         return info
 
     # ---------------------------------------------------------------- prepare
@@ -369,38 +355,9 @@ class EncoderModel(EmbeddingModel):
         return Prepared(kind=kind, task=task, cost=len(ids), data=data, truncated=truncated)
 
     # ---------------------------------------------------------------- forward
-    def forward_batches(self, batches: Iterable[tuple[Key, list[Prepared]]], *, dense: bool = True,
-                        multivector: bool = False) -> Iterator[tuple[Key, ForwardOutput | Exception]]:
-        """As the base class, but up to ``forward_lanes`` batches run at once on the ONNX
-        backend (see :meth:`OnnxBackbone.lane`); a lone batch keeps the multi-threaded session."""
-        it = iter(batches)
-        head = [x for _, x in zip(range(2), it)]
-        if self.forward_lanes < 2 or len(head) < 2:
-            yield from super().forward_batches(itertools.chain(head, it), dense=dense, multivector=multivector)
-            return
-        with _LANE_POOL_LOCK:
-            if self._lane_pool is None:
-                self._lane_pool = ThreadPoolExecutor(self.forward_lanes, thread_name_prefix="omnivec-lane")
-        window: deque[tuple[Key, Future]] = deque()
-        for key, batch in itertools.chain(head, it):
-            window.append((key, self._lane_pool.submit(self._lane_forward, batch, dense, multivector)))
-            if len(window) >= self.forward_lanes:
-                done_key, fut = window.popleft()
-                yield done_key, fut.result()
-        while window:
-            done_key, fut = window.popleft()
-            yield done_key, fut.result()
-
-    def _lane_forward(self, batch: list[Prepared], dense: bool, multivector: bool) -> ForwardOutput | Exception:
-        try:
-            return self.forward(batch, dense=dense, multivector=multivector, lane=True)
-        except Exception as e:  # noqa: BLE001 - yielded with its key by forward_batches
-            return e
-
     def forward(self, batch: list[Prepared], *, dense: bool = True,
-                multivector: bool = False, lane: bool = False) -> ForwardOutput:
-        """One padded forward pass; mean-pooled dense rows and/or normalised token vectors.
-        ``lane``: run on a single-threaded session (several batches at once, see forward_batches)."""
+                multivector: bool = False) -> ForwardOutput:
+        """One padded forward pass; mean-pooled dense rows and/or normalised token vectors."""
         if not batch:
             return ForwardOutput(torch.zeros(0, self.dim) if dense else None, [] if multivector else None)
         lengths = [len(p.data["input_ids"]) for p in batch]
@@ -411,7 +368,7 @@ class EncoderModel(EmbeddingModel):
             ids[row, :n] = p.data["input_ids"]
             mask[row, :n] = 1
         with torch.inference_mode():
-            hidden, attention = self.token_states(ids, mask, [p.task.adapter for p in batch], lane=lane)
+            hidden, attention = self.token_states(ids, mask, [p.task.adapter for p in batch])
             out_dense = None
             if dense:
                 m = attention.unsqueeze(-1).to(hidden.dtype)
@@ -426,17 +383,17 @@ class EncoderModel(EmbeddingModel):
                 out_multi = list(torch.split(tokens, lengths))
         return ForwardOutput(out_dense, out_multi)
 
-    def token_states(self, ids: np.ndarray, mask: np.ndarray, adapters: list[str] | None = None,
-                     *, lane: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def token_states(self, ids: np.ndarray, mask: np.ndarray,
+                     adapters: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Last-layer states (B, L, hidden) and mask for padded ids, each row through its task's
         adapter (``adapters[i]``; a task without one, or ``None``, runs the bare backbone)."""
         names = [a if a in self.adapters else None for a in (adapters or [None] * len(ids))]
         if not self.adapters or all(n is None for n in names):
-            return self._hidden_states(ids, mask, lane)
+            return self._hidden_states(ids, mask)
         if self.backend == "torch":
             from ..adapters import task_routing
             with task_routing(self.backbone, [-1 if n is None else self.adapters.index(n) for n in names]):
-                return self._hidden_states(ids, mask, lane)
+                return self._hidden_states(ids, mask)
         graphs = self._task_graphs
         hidden = np.zeros(ids.shape + (self.dim,), dtype=np.float32)
         for name in dict.fromkeys(names):      # rows grouped by task, one graph each
@@ -444,17 +401,14 @@ class EncoderModel(EmbeddingModel):
             sub_ids, sub_mask = ids[rows], mask[rows]
             width = int(sub_mask.sum(1).max())  # the group's own longest row: no extra padding
             backbone = self.backbone if name is None else graphs.get(name)
-            backbone = backbone.lane() if lane else backbone
             hidden[rows, :width] = backbone(np.ascontiguousarray(sub_ids[:, :width]),
                                             np.ascontiguousarray(sub_mask[:, :width]))
         return torch.from_numpy(hidden), torch.from_numpy(mask)
 
-    def _hidden_states(self, ids: np.ndarray, mask: np.ndarray,
-                       lane: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def _hidden_states(self, ids: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """The bare backbone call, the only step where the backends differ: (hidden, mask) tensors."""
         if self.backend == "onnx":
-            backbone = self.backbone.lane() if lane else self.backbone
-            return torch.from_numpy(backbone(ids, mask)), torch.from_numpy(mask)
+            return torch.from_numpy(self.backbone(ids, mask)), torch.from_numpy(mask)
         input_ids = torch.from_numpy(ids).to(self.device)
         attention = torch.from_numpy(mask).to(self.device)
         return self.backbone(input_ids=input_ids, attention_mask=attention).last_hidden_state, attention
@@ -477,7 +431,7 @@ class _TaskGraphs:
             digest.update((adapter_dir / f).read_bytes())
         self.key = digest.hexdigest()[:16]
         self.graphs: dict[str, Any] = {}
-        self._lock = threading.Lock()     # lanes may ask for a task's graph at the same moment
+        self._lock = threading.Lock()     # two threads may ask for a new task's graph at once
 
     def get(self, task: str) -> Any:
         with self._lock:

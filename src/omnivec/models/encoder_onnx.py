@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -194,8 +193,7 @@ class OnnxBackbone:
         self.shared = dict(shared or {})
         for name, value in self.shared.items():
             opts.add_initializer(name, value)
-        self.threads = max(1, int(threads or _default_threads()))
-        opts.intra_op_num_threads = self.threads
+        opts.intra_op_num_threads = max(1, int(threads or _default_threads()))
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -207,27 +205,9 @@ class OnnxBackbone:
         self.quantized = quantized
         self.session = ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self._lane: OnnxBackbone | None = None
-        self._lane_lock = threading.Lock()
-
-    def lane(self) -> "OnnxBackbone":
-        """A single-threaded twin session over the same shared initializers, opened on first use.
-
-        Why: on a CPU, several small batches each on one core (``lanes``) beat one batch at a
-        time spread over all cores: an ORT call over 2 threads synchronises them at every
-        operator (~6 ms per call on e5-small) and cannot fill both cores on a short batch.
-        Measured on 2 cores: 32 mixed texts per call 84.5 -> 95 texts/s, 512 per call
-        100 -> 106. A lone batch still goes to the multi-threaded session (latency).
-        The twin costs ~110 MB (per-session packed weights); the word embeddings are shared.
-        """
-        with self._lane_lock:
-            if self._lane is None:
-                self._lane = OnnxBackbone(self.file, self.config, quantized=self.quantized, threads=1,
-                                          shared=self.shared)
-            return self._lane
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """(B, L) int64 ids and mask -> (B, L, hidden) float32. Thread-safe (ORT sessions are)."""
+        """(B, L) int64 ids and mask -> (B, L, hidden) float32."""
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
@@ -319,6 +299,9 @@ def load_onnx_backbone(model_dir: str | Path, *, quantize: bool = False,
         if not file.is_file():
             _atomic_write(file, lambda out: quantize_int8(float_file, out))
             export_count["int8"] += 1
-    if shared is None:      # held as OrtValues from the start: lanes and task graphs reuse them
+    # The large initializers (word embeddings) are held as OrtValues from the start, so task
+    # graphs opened later reuse them without reopening this session (which cost a ~900 MB
+    # peak while both copies were alive).
+    if shared is None:
         shared = shared_initializers(file)
     return OnnxBackbone(file, config, quantized=quantize, threads=threads, shared=shared)

@@ -4,8 +4,7 @@ Why it looks like this:
 
 * The model's forward is not thread-safe and a GPU/CPU is fastest fed by one big batch, so a
   single worker task owns the model and runs exactly one forward at a time, on one dedicated
-  thread (the event loop never blocks on it). That thread hands a round's batches to
-  ``model.forward_batches``, which on a multi-core CPU runs one batch per core at once.
+  thread (the event loop never blocks on it).
 * Preprocessing (image decoding, PDF rendering, OCR, tokenising) runs on a separate thread pool
   while the forward thread is busy, so CPU work overlaps the model (the Infinity pattern:
   pre -> forward -> post).
@@ -21,7 +20,7 @@ import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -234,13 +233,17 @@ class Engine:
             batches = plan_batches(costs, max_tokens=self.embedder.batch_tokens,
                                    max_rows=self.embedder.max_batch_rows, padded=self.model.padded,
                                    overhead_tokens=self.model.batch_overhead_tokens)
-            for batch, out in self.model.forward_batches(_live(jobs, rows, batches), dense=not multivector,
-                                                         multivector=multivector):
-                if isinstance(out, Exception):   # fail only the jobs in this batch
-                    for k in batch:
-                        results[rows[k][0]] = out
+            for batch in batches:
+                batch = [k for k in batch if not jobs[rows[k][0]].cancelled.is_set()]
+                if not batch:
                     continue
-                out.wait()
+                try:
+                    out = self.model.forward([jobs[rows[k][0]].prepared[rows[k][1]] for k in batch],
+                                             dense=not multivector, multivector=multivector).wait()
+                except Exception as e:  # noqa: BLE001 - fail only the jobs in this batch
+                    for k in batch:
+                        results[rows[k][0]] = e
+                    continue
                 self.metrics.batch_size.observe(len(batch))
                 self.metrics.tokens.inc(sum(costs[k] for k in batch))
                 for pos, k in enumerate(batch):
@@ -253,15 +256,6 @@ class Engine:
                     else:
                         res.dense[ri] = _np(out.dense[pos])
         return results
-
-
-def _live(jobs: list[Job], rows: list[tuple[int, int]],
-          batches: list[list[int]]) -> Iterator[tuple[list[int], list[Prepared]]]:
-    """Each batch's rows of requests still waiting, checked as the batch is about to start."""
-    for batch in batches:
-        batch = [k for k in batch if not jobs[rows[k][0]].cancelled.is_set()]
-        if batch:
-            yield batch, [jobs[rows[k][0]].prepared[rows[k][1]] for k in batch]
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
