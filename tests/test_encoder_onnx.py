@@ -128,7 +128,6 @@ def test_backend_argument_checked(e5_dir):
         EncoderModel.from_directory(e5_dir, device="cpu", dtype=torch.bfloat16, backend="onnx")
 
 
-
 def test_word_embeddings_held_as_shared_values_from_load(e5_onnx):
     # task graphs reuse them without reopening the bare session (no double copy at any time)
     shared = e5_onnx.backbone.shared

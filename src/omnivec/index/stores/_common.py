@@ -56,6 +56,17 @@ def validate_records(path: str, records: Sequence[Record], dim: int, mdim: int |
                 raise ValueError(f"record {r.id!r}: multi-vector has shape {shape}, expected (tokens, {mdim})")
 
 
+def validate_commit(files: Sequence[tuple[str, str, Sequence[Record]]], dim: int,
+                    mdim: int | None) -> list[str]:
+    """Every store's ``commit_files`` check: all records valid, no path twice; the paths, in order."""
+    for path, _hash, records in files:
+        validate_records(path, records, dim, mdim)
+    paths = [p for p, _h, _r in files]
+    if len(set(paths)) != len(paths):
+        raise ValueError("commit_files got the same path twice")
+    return paths
+
+
 def check_config(found: Mapping[str, Any], where: str, *, dim: int | None, multivector_dim: int | None,
                  multivector_storage: str | None) -> None:
     """Compare what a store was built with against explicit arguments (None = take the store's)."""

@@ -20,7 +20,7 @@ import pyarrow as pa
 from ..store import MultivectorStorage
 from ..types import Record
 from ._common import (check_config, dir_size, new_config, pack_signs, unpack_signs,
-                      validate_records)
+                      validate_commit)
 
 CONFIG_FILE = "omnivec-store.json"
 PAYLOAD = ["id", "path", "file_hash", "kind", "text", "page", "line_start", "line_end", "ordinal"]
@@ -189,11 +189,7 @@ class LanceStore:
 
         Markers of the batch are dropped first and re-added last, so a crash anywhere in between
         leaves these paths un-indexed, never indexed with partial records."""
-        for path, _hash, records in files:
-            validate_records(path, records, self.dim, self.multivector_dim)
-        paths = [p for p, _h, _r in files]
-        if len(set(paths)) != len(paths):
-            raise ValueError("commit_files got the same path twice")
+        paths = validate_commit(files, self.dim, self.multivector_dim)
         if not paths:
             return
         marked, stored = self._known_paths()

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..store import MultivectorStorage
 from ..types import Record
-from ._common import check_config, dir_size, new_config, pack_signs, unpack_signs, validate_records
+from ._common import check_config, dir_size, new_config, pack_signs, unpack_signs, validate_commit
 
 _NS = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/omnivec/index")
 CONFIG_ID = str(uuid.uuid5(_NS, "omnivec:store-config"))
@@ -170,11 +170,7 @@ class QdrantStore:
         """Commit several files (path, hash, records): drop their markers, replace their records,
         write the markers last. A crash in between leaves the paths un-indexed, never half-indexed."""
         m = self._m
-        for path, _hash, records in files:
-            validate_records(path, records, self.dim, self.multivector_dim)
-        paths = [p for p, _h, _r in files]
-        if len(set(paths)) != len(paths):
-            raise ValueError("commit_files got the same path twice")
+        paths = validate_commit(files, self.dim, self.multivector_dim)
         if not paths:
             return
         self.client.delete(self.files_collection, m.PointIdsList(points=[marker_id(p) for p in paths]), wait=True)
