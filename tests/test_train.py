@@ -222,3 +222,80 @@ def test_cli_train_writes_a_loadable_folder(tiny_encoder, pairs_file, tmp_path):
     bad = CliRunner().invoke(app, ["train", "summarise", "--data", str(pairs_file), "--out", str(out),
                                    "--base", str(tiny_encoder)])
     assert bad.exit_code == 2 and "task must be" in bad.output
+
+
+def _projector_config(base, out, *sources, **kw):
+    from omnivec.train import ProjectorConfig
+    args = dict(out=str(out), base=str(base), sources=tuple(sources), dim=16, epochs=4, batch_size=8, lr=5e-3,
+                val_fraction=0.1, max_query_tokens=32, max_doc_tokens=64)
+    args.update(kw)
+    return ProjectorConfig(**args)
+
+
+def test_projector_distillation_learns_keeps_weights_and_loads(tiny_encoder, pairs_file, tmp_path):
+    from safetensors.numpy import load_file
+
+    import omnivec
+    from omnivec.train import ProjectorTrainer, Trainer
+    out = tmp_path / "ad"
+    assert Trainer(_config(tiny_encoder, pairs_file, out, loss="infonce"), progress=False).run().best_step > 0
+    assert not (out / "multivector_projector.safetensors").exists()
+    adapters_before = (out / "adapter_model.safetensors").read_bytes()
+    backbone_before = (tiny_encoder / "model.safetensors").read_bytes()
+    code, retrieval = f"{pairs_file}:code", f"{pairs_file}:retrieval"
+    trainer = ProjectorTrainer(_projector_config(tiny_encoder, out, code, retrieval), progress=False)
+    result = trainer.run()
+    assert len(trainer.step_losses) == 4 * 2 * 10          # 4 epochs x 2 sources x 10 batches of 8
+    assert np.mean(trainer.step_losses[-8:]) < np.mean(trainer.step_losses[:8]), trainer.step_losses
+    assert (out / "adapter_model.safetensors").read_bytes() == adapters_before
+    assert (tiny_encoder / "model.safetensors").read_bytes() == backbone_before
+    # each source's token states went through its own task's adapter (code: trained LoRA; retrieval: bare)
+    row = trainer.sources[0].train[0]
+    assert trainer.sources[1].train[0]["q"] == row["q"]       # the tiny model's prompts are the same
+    assert not torch.equal(trainer.cache.states["code", row["q"]], trainer.cache.states["retrieval", row["q"]])
+    weights = load_file(str(out / "multivector_projector.safetensors"))
+    assert weights["weight"].shape == (16, 32) and weights["bias"].shape == (16,)
+    meta = json.loads((out / "omnivec-adapters.json").read_text())["projector"]
+    assert meta["best_epoch"] == result.best_epoch and "code" in json.loads((out / "omnivec-adapters.json").read_text())["tasks"]
+    for key in (f"{code}/projected", f"{code}/raw", f"{code}/dense", f"{retrieval}/projected"):
+        assert 0.0 < result.best_val[key] <= 1.0, key
+    assert [h["epoch"] for h in meta["history"]] == [0, 1, 2, 3, 4]
+    m = omnivec.load(str(tiny_encoder), adapters=str(out))
+    assert m.multivector_dim == 16
+    vecs = m.encode(["Return the JSON encoding of an object."], task="code.query", multivector=True)[0]
+    assert vecs.shape[1] == 16 and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+
+
+def test_projector_alone_on_the_bare_backbone_and_cli(tiny_encoder, pairs_file, tmp_path):
+    from typer.testing import CliRunner
+
+    import omnivec
+    from omnivec.cli import app
+    out = tmp_path / "proj-only"
+    args = ["train-projector", "--out", str(out), "--base", str(tiny_encoder), "--source", f"{pairs_file}:retrieval",
+            "--dim", "8", "--epochs", "1", "--batch-size", "8"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["multivector_projector.safetensors", "omnivec-adapters.json"]
+    bare = omnivec.load(str(tiny_encoder), adapters=None)
+    m = omnivec.load(str(tiny_encoder), adapters=str(out))     # a projector without task adapters loads
+    assert m.multivector_dim == 8 and m.model.adapters == ()
+    text = ["Serialize obj to a JSON formatted str."]
+    assert np.allclose(m.encode(text, task="retrieval.query"), bare.encode(text, task="retrieval.query"), atol=1e-5)
+    for bad, message in ((f"{pairs_file}", "DATA:TASK"), (f"{pairs_file}:summarise", "DATA:TASK"),
+                         ("no-such-file.jsonl:code", "not a file")):
+        res = CliRunner().invoke(app, ["train-projector", "--out", str(tmp_path / "x"), "--base", str(tiny_encoder),
+                                       "--source", bad, "--dim", "8"])
+        assert res.exit_code == 2 and message in res.output, res.output
+
+
+def test_projector_bad_settings_are_clear(tiny_encoder, pairs_file, tmp_path):
+    from omnivec.train import ProjectorTrainer
+    graded = tmp_path / "sts.jsonl"
+    graded.write_text("\n".join(json.dumps({"text1": f"a {i}", "text2": f"b {i}", "score": i % 5}) for i in range(40)))
+    cases = ((_projector_config(tiny_encoder, tmp_path / "a", f"{pairs_file}:code", dim=64), "hidden size 32"),
+             (_projector_config(tiny_encoder, tmp_path / "b", f"{graded}:text-matching"), "needs pairs"),
+             (_projector_config(tiny_encoder, tmp_path / "c", f"{pairs_file}:code", batch_size=500), "fewer than one batch"))
+    for cfg, message in cases:
+        with pytest.raises(ValueError, match=message):
+            ProjectorTrainer(cfg, progress=False).run()

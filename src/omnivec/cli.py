@@ -5,7 +5,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 import typer
@@ -397,6 +397,39 @@ def train(
     err.print(f"trained [bold]{task}[/bold] in {result.seconds:.0f}s ({result.steps} steps); "
               f"best validation at step {result.best_step}: {best}")
     err.print(f"adapters in {result.out}: load with omnivec.load(adapters={str(result.out)!r})")
+
+
+@app.command("train-projector")
+def train_projector_cmd(
+    out: Path = typer.Option(Path("adapters"), "--out", "-o",
+                             help="Adapter folder: its adapters route each source; the projector is written there."),
+    source: Optional[List[str]] = typer.Option(
+        None, "--source", help="DATA:TASK, repeatable (default: stdlib-code:code, django-parallel:text-matching, "
+                               "stdlib-code:retrieval). DATA is a JSONL of pairs or a builder."),
+    base: Optional[str] = typer.Option(None, "--base", help="Backbone (default: the embedded default model)."),
+    dim: int = typer.Option(128, "--dim", help="Multi-vector size per token."),
+    epochs: int = typer.Option(2, "--epochs"),
+    batch_size: int = typer.Option(32, "--batch-size", help="Pairs per step (in-batch negatives)."),
+    lr: float = typer.Option(1e-3, "--lr"),
+    temperature: float = typer.Option(0.02, "--temperature"),
+    w_distill: float = typer.Option(1.0, "--w-distill", help="Weight of KL towards the raw token states' MaxSim."),
+    max_pairs: Optional[int] = typer.Option(None, "--max-pairs", help="Cap training pairs per source."),
+    val_fraction: float = typer.Option(0.03, "--val-fraction", help="Hold-out of each source (as in train)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Distil a small multi-vector projector from full token states (backbone and adapters frozen)."""
+    from omnivec.train import ProjectorConfig, ProjectorTrainer
+    kw: dict[str, Any] = {"sources": tuple(source)} if source else {}
+    cfg = ProjectorConfig(out=str(out), base=base, dim=dim, epochs=epochs, batch_size=batch_size, lr=lr,
+                          temperature=temperature, w_distill=w_distill, max_pairs=max_pairs,
+                          val_fraction=val_fraction, seed=seed, **kw)
+    try:
+        result = ProjectorTrainer(cfg, log=lambda m: err.print(f"[dim]{m}[/dim]")).run()
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        _fail(str(e))
+    best = ", ".join(f"{k} {v:.4f}" for k, v in result.best_val.items())
+    err.print(f"trained a {dim}-d projector in {result.seconds:.0f}s; kept epoch {result.best_epoch}: {best}")
+    err.print(f"projector in {result.out}: load with omnivec.load(adapters={str(result.out)!r})")
 
 
 def main() -> None:  # pragma: no cover - console entry

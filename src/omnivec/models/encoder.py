@@ -169,8 +169,9 @@ def resolve_adapter_dir(path: Path, adapters: AdapterSpec) -> Path | None:
                 return cand
         return None
     folder = Path(adapters).expanduser()
-    if not (folder / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"adapters={str(adapters)!r}: no adapter_config.json in that folder")
+    if not (folder / "adapter_config.json").is_file() and not (folder / PROJECTOR_FILE).is_file():
+        raise FileNotFoundError(f"adapters={str(adapters)!r}: no adapter_config.json (nor {PROJECTOR_FILE}) "
+                                "in that folder")
     return folder
 
 
@@ -302,7 +303,9 @@ class EncoderModel(EmbeddingModel):
             from ..adapters import load_adapters, read_adapter_config
             if (adapter_dir / PROJECTOR_FILE).is_file():
                 projector = load_projector_file(adapter_dir / PROJECTOR_FILE, int(config.hidden_size))
-            if isinstance(backbone, nn.Module):
+            if not (adapter_dir / "adapter_config.json").is_file():
+                pass     # a projector alone (``omnivec train-projector`` on the bare backbone)
+            elif isinstance(backbone, nn.Module):
                 if quantize:
                     raise ValueError("task adapters with quantize=True need the onnx backend "
                                      "(or pass adapters=None for the bare backbone)")
@@ -315,7 +318,7 @@ class EncoderModel(EmbeddingModel):
                     prompts=load_prompts(path), max_tokens=_max_tokens(path, config, meta),
                     pad_id=int(pad_id), projector=projector, device=dev,
                     dtype=torch.float32 if quantize else dtype, quantized=quantize)
-        if adapter_dir is not None and not isinstance(backbone, nn.Module):
+        if tasks and not isinstance(backbone, nn.Module):
             model._task_graphs = _TaskGraphs(path, adapter_dir, quantize, model)
         model.adapters = tasks
         model.adapter_dir = adapter_dir
