@@ -32,6 +32,7 @@ def main() -> None:
     meta = json.loads((args.trained / "omnivec-adapters.json").read_text())
     for task in meta.get("tasks", {}).values():
         task.pop("history", None)      # per-step curves stay in docs/TRAINING.md, not in the package
+    meta.get("projector", {}).pop("history", None)
     (args.dest / "omnivec-adapters.json").write_text(json.dumps(meta, indent=2))
     total = sum(f.stat().st_size for f in args.dest.iterdir())
     print(f"shipped {sorted(p.name for p in args.dest.iterdir())} to {args.dest} ({total / 1e6:.2f} MB)")

@@ -264,6 +264,9 @@ def test_projector_distillation_learns_keeps_weights_and_loads(tiny_encoder, pai
     assert m.multivector_dim == 16
     vecs = m.encode(["Return the JSON encoding of an object."], task="code.query", multivector=True)[0]
     assert vecs.shape[1] == 16 and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    raw = omnivec.load(str(tiny_encoder), adapters=str(out), projector=False)     # raw token states instead
+    assert raw.multivector_dim == 32
+    assert np.allclose(raw.encode(["x"], task="code.query"), m.encode(["x"], task="code.query"), atol=1e-6)
 
 
 def test_projector_alone_on_the_bare_backbone_and_cli(tiny_encoder, pairs_file, tmp_path):

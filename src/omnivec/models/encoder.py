@@ -251,7 +251,8 @@ class EncoderModel(EmbeddingModel):
     @classmethod
     def from_directory(cls, path: str | Path, device: str | torch.device | None = None,
                        dtype: torch.dtype | None = None, *, quantize: bool = False,
-                       backend: Backend | None = None, adapters: AdapterSpec = "auto") -> "EncoderModel":
+                       backend: Backend | None = None, adapters: AdapterSpec = "auto",
+                       projector: bool = True) -> "EncoderModel":
         """Load any BERT/XLM-R encoder directory (transformers weights + ``tokenizer.json``).
 
         ``backend``: ``"onnx"`` (ONNX Runtime, exported and cached on first use, see
@@ -263,6 +264,8 @@ class EncoderModel(EmbeddingModel):
         ``adapters``: a folder of trained task adapters (``omnivec train`` output: LoRA per task
         plus, optionally, a multi-vector projector), ``"auto"`` (the model directory's own), or
         ``None`` for the bare backbone. Inputs whose task has no adapter run the bare backbone.
+        ``projector=False`` ignores any multi-vector projector: multi-vectors are then the raw
+        normalised token states (hidden size, e.g. 384), larger but a little more exact.
         """
         path = Path(path)
         dev = pick_device(device)
@@ -297,12 +300,12 @@ class EncoderModel(EmbeddingModel):
         pad_id = config.pad_token_id
         if pad_id is None:
             pad_id = tokenizer.token_to_id("[PAD]") or tokenizer.token_to_id("<pad>") or 0
-        projector = _load_projector(path, int(config.hidden_size))
+        mv_projector = _load_projector(path, int(config.hidden_size))
         tasks: tuple[str, ...] = ()
         if adapter_dir is not None:
             from ..adapters import load_adapters, read_adapter_config
             if (adapter_dir / PROJECTOR_FILE).is_file():
-                projector = load_projector_file(adapter_dir / PROJECTOR_FILE, int(config.hidden_size))
+                mv_projector = load_projector_file(adapter_dir / PROJECTOR_FILE, int(config.hidden_size))
             if not (adapter_dir / "adapter_config.json").is_file():
                 pass     # a projector alone (``omnivec train-projector`` on the bare backbone)
             elif isinstance(backbone, nn.Module):
@@ -316,7 +319,8 @@ class EncoderModel(EmbeddingModel):
                 tasks = tuple(cfg.get("task_names") or ())
         model = cls(backbone, tokenizer, name=meta.get("name") or path.name,
                     prompts=load_prompts(path), max_tokens=_max_tokens(path, config, meta),
-                    pad_id=int(pad_id), projector=projector, device=dev,
+                    pad_id=int(pad_id),
+                    projector=mv_projector if projector else identity_projector(int(config.hidden_size)), device=dev,
                     dtype=torch.float32 if quantize else dtype, quantized=quantize)
         if tasks and not isinstance(backbone, nn.Module):
             model._task_graphs = _TaskGraphs(path, adapter_dir, quantize, model)
