@@ -306,15 +306,14 @@ class EncoderModel(EmbeddingModel):
             from ..adapters import load_adapters, read_adapter_config
             if (adapter_dir / PROJECTOR_FILE).is_file():
                 mv_projector = load_projector_file(adapter_dir / PROJECTOR_FILE, int(config.hidden_size))
-            if not (adapter_dir / "adapter_config.json").is_file():
-                pass     # a projector alone (``omnivec train-projector`` on the bare backbone)
-            elif isinstance(backbone, nn.Module):
+            has_lora = (adapter_dir / "adapter_config.json").is_file()   # else a projector alone
+            if has_lora and isinstance(backbone, nn.Module):
                 if quantize:
                     raise ValueError("task adapters with quantize=True need the onnx backend "
                                      "(or pass adapters=None for the bare backbone)")
                 tasks = load_adapters(backbone, adapter_dir)
                 backbone.to(dev)
-            else:    # ONNX: one graph per task with the adapter merged into the weights, built on first use
+            elif has_lora:    # ONNX: one graph per task with the adapter merged into the weights, built on first use
                 cfg = read_adapter_config(adapter_dir)
                 tasks = tuple(cfg.get("task_names") or ())
         model = cls(backbone, tokenizer, name=meta.get("name") or path.name,
