@@ -19,7 +19,7 @@ import json
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Sequence, Union
 
 import numpy as np
 import torch
@@ -124,6 +124,17 @@ def _load_tokenizer(path: Path):
     tok.no_truncation()
     tok.no_padding()
     return tok
+
+
+def pad_ids(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded int64 ``(ids, attention mask)`` arrays for a list of token-id lists."""
+    longest = max(len(r) for r in rows)
+    ids = np.full((len(rows), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), longest), dtype=np.int64)
+    for k, r in enumerate(rows):
+        ids[k, :len(r)] = r
+        mask[k, :len(r)] = 1
+    return ids, mask
 
 
 def identity_projector(dim: int) -> nn.Linear:
@@ -300,12 +311,13 @@ class EncoderModel(EmbeddingModel):
         pad_id = config.pad_token_id
         if pad_id is None:
             pad_id = tokenizer.token_to_id("[PAD]") or tokenizer.token_to_id("<pad>") or 0
-        mv_projector = _load_projector(path, int(config.hidden_size))
+        hidden_size = int(config.hidden_size)
+        mv_projector = _load_projector(path, hidden_size)
         tasks: tuple[str, ...] = ()
         if adapter_dir is not None:
             from ..adapters import load_adapters, read_adapter_config
             if (adapter_dir / PROJECTOR_FILE).is_file():
-                mv_projector = load_projector_file(adapter_dir / PROJECTOR_FILE, int(config.hidden_size))
+                mv_projector = load_projector_file(adapter_dir / PROJECTOR_FILE, hidden_size)
             has_lora = (adapter_dir / "adapter_config.json").is_file()   # else a projector alone
             if has_lora and isinstance(backbone, nn.Module):
                 if quantize:
@@ -316,10 +328,11 @@ class EncoderModel(EmbeddingModel):
             elif has_lora:    # ONNX: one graph per task with the adapter merged into the weights, built on first use
                 cfg = read_adapter_config(adapter_dir)
                 tasks = tuple(cfg.get("task_names") or ())
+        if not projector:
+            mv_projector = identity_projector(hidden_size)
         model = cls(backbone, tokenizer, name=meta.get("name") or path.name,
                     prompts=load_prompts(path), max_tokens=_max_tokens(path, config, meta),
-                    pad_id=int(pad_id),
-                    projector=mv_projector if projector else identity_projector(int(config.hidden_size)), device=dev,
+                    pad_id=int(pad_id), projector=mv_projector, device=dev,
                     dtype=torch.float32 if quantize else dtype, quantized=quantize)
         if tasks and not isinstance(backbone, nn.Module):
             model._task_graphs = _TaskGraphs(path, adapter_dir, quantize, model)
@@ -367,12 +380,7 @@ class EncoderModel(EmbeddingModel):
         if not batch:
             return ForwardOutput(torch.zeros(0, self.dim) if dense else None, [] if multivector else None)
         lengths = [len(p.data["input_ids"]) for p in batch]
-        longest = max(lengths)
-        ids = np.full((len(batch), longest), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(batch), longest), dtype=np.int64)
-        for row, (p, n) in enumerate(zip(batch, lengths)):
-            ids[row, :n] = p.data["input_ids"]
-            mask[row, :n] = 1
+        ids, mask = pad_ids([p.data["input_ids"] for p in batch], self.pad_id)
         with torch.inference_mode():
             hidden, attention = self.token_states(ids, mask, [p.task.adapter for p in batch])
             out_dense = None

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..adapters import get_router, load_adapters, lora_layers, read_adapter_config, task_routing, wrap_lora
 from ..models.base import PrepareOptions
+from ..models.encoder import pad_ids
 from ..tasks import TaskSpec
 
 # BERT-style module names: attention q/k/v, attention output, FFN in and out (all Linear layers
@@ -96,13 +97,8 @@ class TrainableEncoder:
 
 def padded_batch(ids: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids`` and ``attention_mask`` tensors for a list of id lists."""
-    longest = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), longest), int(pad_id), dtype=torch.long)
-    mask = torch.zeros((len(ids), longest), dtype=torch.long)
-    for row, x in enumerate(ids):
-        input_ids[row, :len(x)] = torch.tensor(x, dtype=torch.long)
-        mask[row, :len(x)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask}
+    input_ids, mask = pad_ids(ids, pad_id)
+    return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
 
 
 def pca_projector(token_states: torch.Tensor, out_dim: int) -> nn.Linear:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.base import PrepareOptions
-from ..models.encoder import PROJECTOR_FILE
+from ..models.encoder import PROJECTOR_FILE, pad_ids
 from .data import PairExample, iter_batches, load_examples, split_validation
 from .losses import info_nce_from_scores, kl_divergence, maxsim_matrix
 from .model import pca_projector
@@ -91,12 +91,7 @@ class _StateCache:
         todo = list(dict.fromkeys(s for s in seqs if (task, s) not in self.states))
         for chunk in _length_chunks(todo, 32, 4096):
             rows = [todo[i] for i in chunk]
-            longest = max(len(r) for r in rows)
-            ids = np.full((len(rows), longest), self.model.pad_id, dtype=np.int64)
-            mask = np.zeros((len(rows), longest), dtype=np.int64)
-            for k, r in enumerate(rows):
-                ids[k, :len(r)] = r
-                mask[k, :len(r)] = 1
+            ids, mask = pad_ids(rows, self.model.pad_id)
             with torch.inference_mode():
                 hidden, _ = self.model.token_states(ids, mask, [task] * len(rows))
             for k, r in enumerate(rows):
@@ -154,18 +149,21 @@ class ProjectorTrainer:
                 train = train[:cfg.max_pairs]
             if len(train) < cfg.batch_size:
                 raise ValueError(f"{spec}: {len(train)} training pairs is fewer than one batch ({cfg.batch_size})")
-            q_spec, d_spec = _specs(task)
-
-            def ids(text: Any, spec_, opt) -> tuple[int, ...]:
-                return tuple(model.prepare(text, spec_, opt).data["input_ids"])
-
-            def rows(exs: list[PairExample]) -> list[dict[str, Any]]:
-                return [{"q": ids(e.query, q_spec, opts[0]), "pos": ids(e.positive, d_spec, opts[1]),
-                         "negs": [ids(n, d_spec, opts[1]) for n in e.negatives[:cfg.max_negatives]],
-                         "group": e.group} for e in exs]
-
-            sources.append(_Source(spec, task, rows(train), rows(val)))
+            sources.append(_Source(spec, task, self._rows(model, train, task, opts),
+                                   self._rows(model, val, task, opts)))
         return sources
+
+    def _rows(self, model: Any, examples: list[PairExample], task: str,
+              opts: tuple[PrepareOptions, PrepareOptions]) -> list[dict[str, Any]]:
+        """Token ids of pairs as inference builds them (the task's query / document prompts)."""
+        q_spec, d_spec = _specs(task)
+
+        def ids(text: Any, spec: Any, opt: PrepareOptions) -> tuple[int, ...]:
+            return tuple(model.prepare(text, spec, opt).data["input_ids"])
+
+        return [{"q": ids(e.query, q_spec, opts[0]), "pos": ids(e.positive, d_spec, opts[1]),
+                 "negs": [ids(n, d_spec, opts[1]) for n in e.negatives[:self.cfg.max_negatives]],
+                 "group": e.group} for e in examples]
 
     # ---------------------------------------------------------------- loss
     def _loss(self, proj: torch.nn.Linear, src: _Source, batch: list[dict[str, Any]]) -> torch.Tensor:
@@ -237,7 +235,8 @@ class ProjectorTrainer:
         history = [{"epoch": 0, **self.validate(None), **self.validate(proj)}]
         self.log(f"epoch 0 (PCA start) validation: {_fmt(history[0])}")
         reference = {k: v for k, v in history[0].items() if k.endswith(("/raw", "/dense"))}
-        best = {"epoch": 0, "score": self._score(history[0]), "metrics": {k: v for k, v in history[0].items() if "/" in k},
+        best = {"epoch": 0, "score": self._score(history[0]),
+                "metrics": {k: v for k, v in history[0].items() if "/" in k},
                 "state": {k: v.clone() for k, v in proj.state_dict().items()}}
         plan = [self._epoch_batches(e) for e in range(cfg.epochs)]
         total = sum(len(p) for p in plan)
