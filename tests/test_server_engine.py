@@ -115,6 +115,93 @@ def test_engine_skips_cancelled_jobs() -> None:
     assert engine.metrics.dropped._value.get() == 2
 
 
+def test_request_answered_when_its_rows_are_done_not_at_end_of_round() -> None:
+    """A one-item request that shares a batch plan with a four-item one is answered after its own
+    forward, and a request arriving while the four-item one runs does not wait for all of it."""
+    model = FakeModel(delay=0.1)
+    engine = Engine(Embedder(model, max_batch_rows=1), max_wait_ms=30)
+    done: dict[str, float] = {}
+
+    async def main():
+        engine.start()
+        loop = asyncio.get_running_loop()
+        task = resolve_task("text-matching")
+        try:
+            async def one(name: str, texts: list[str], after: float):
+                await asyncio.sleep(after)
+                prepared, _ = await engine.prepare(texts, [task] * len(texts), PrepareOptions(), engine.embedder.limits)
+                res = await engine.submit(prepared, multivector=False)
+                done[name] = loop.time() - start
+                want = torch.stack([_vec(t, task.api_name) for t in texts]).numpy()
+                np.testing.assert_array_equal(res.dense, want)
+            start = loop.time()
+            await asyncio.gather(one("small", ["s"], 0.0), one("big", ["b1", "b2", "b3", "b4"], 0.01),
+                                 one("late", ["l"], 0.15))
+        finally:
+            await engine.stop()
+
+    asyncio.run(main())
+    assert model.forwards == [1] * 6 and model.max_concurrent == 1
+    assert done["small"] < 0.2                 # after its own forward, not after the four others
+    assert done["big"] > 0.4
+    assert done["late"] < done["big"]          # jobs take turns: no wait for a round to end
+
+
+def test_small_request_not_held_back_by_a_large_one_queued_before_it() -> None:
+    model = FakeModel(delay=0.02)
+    engine = Engine(Embedder(model, max_batch_rows=2), max_wait_ms=0)
+    done: dict[str, float] = {}
+
+    async def main():
+        engine.start()
+        loop = asyncio.get_running_loop()
+        task = resolve_task("text-matching")
+        try:
+            async def one(name: str, texts: list[str], after: float):
+                await asyncio.sleep(after)
+                prepared, _ = await engine.prepare(texts, [task] * len(texts), PrepareOptions(), engine.embedder.limits)
+                await engine.submit(prepared, multivector=False)
+                done[name] = loop.time() - start
+            start = loop.time()
+            await asyncio.gather(one("large", [f"row {i}" for i in range(40)], 0.0), one("small", ["s"], 0.05))
+        finally:
+            await engine.stop()
+
+    asyncio.run(main())
+    assert sum(model.forwards) == 41
+    assert done["large"] > 0.35                # 20 forwards of 2 rows
+    assert done["small"] < 0.15                # within a pass or two of arriving
+
+
+def test_exclusive_job_runs_after_queued_rows_and_before_later_ones() -> None:
+    model = FakeModel(delay=0.05)
+    engine = Engine(Embedder(model, max_batch_rows=1), max_wait_ms=0)
+    forwards_before_exclusive: list[int] = []
+
+    async def main():
+        engine.start()
+        task = resolve_task("text-matching")
+        try:
+            async def rows(texts: list[str]):
+                prepared, _ = await engine.prepare(texts, [task] * len(texts), PrepareOptions(), engine.embedder.limits)
+                await engine.submit(prepared, multivector=False)
+
+            first = asyncio.ensure_future(rows(["a", "b", "c"]))
+            await asyncio.sleep(0.02)           # first's rows are queued, one forward running
+            exclusive = asyncio.ensure_future(
+                engine.run_exclusive(lambda: forwards_before_exclusive.append(len(model.forwards)) or 7))
+            await asyncio.sleep(0.01)
+            later = asyncio.ensure_future(rows(["d"]))
+            assert await exclusive == 7
+            await asyncio.gather(first, later)
+        finally:
+            await engine.stop()
+
+    asyncio.run(main())
+    assert forwards_before_exclusive == [3]     # all of first's rows, none of later's
+    assert model.forwards == [1] * 4
+
+
 def test_admission_budget() -> None:
     engine = Engine(Embedder(FakeModel()), max_pending_items=4)
     engine.admit(10)                            # alone: admitted even over budget

@@ -8,11 +8,19 @@ Why it looks like this:
 * Preprocessing (image decoding, PDF rendering, OCR, tokenising) runs on a separate thread pool
   while the forward thread is busy, so CPU work overlaps the model (the Infinity pattern:
   pre -> forward -> post).
-* The worker waits at most ``max_wait_ms`` after the first queued job for more jobs (or until a
-  token budget is collected), then plans batches by token budget, longest first, across all
-  collected requests, and routes each row back to its request's future.
+* Scheduling is continuous (per forward pass, not per round): every queued row waits in one
+  pool; before each forward the worker plans batches by token budget over up to
+  ``collect_tokens`` of queued rows and runs the planned batch holding the first row of the
+  job whose turn it is (jobs take turns, round robin). A request is answered as soon as its
+  last row is computed, and rows that arrive meanwhile join the next plan. Why: with rounds,
+  a round's requests all finished together and their clients' next requests found the model
+  idle while they were encoded, sent, parsed and tokenised; now the other rows keep it busy.
+  Turns keep a large request from holding back the small ones queued behind it.
+* An idle worker waits at most ``max_wait_ms`` after the first job for company, so requests
+  arriving together share their first batch.
 * Memory stays flat: admission is refused (the caller answers 503 + Retry-After) when the
-  pending items would exceed ``max_pending_items``; a cancelled job (client gone) is skipped.
+  pending items would exceed ``max_pending_items``; a cancelled job's rows (client gone) are
+  dropped before they reach the model.
 """
 from __future__ import annotations
 
@@ -42,6 +50,14 @@ class Overloaded(Exception):
 
 
 @dataclass
+class JobResult:
+    """Raw (un-normalised, full-dimension) outputs of one job, in the job's item order."""
+
+    dense: np.ndarray | None
+    multivector: list[np.ndarray] | None
+
+
+@dataclass(eq=False)      # compared and hashed by identity: jobs key the engine's turn order
 class Job:
     """One request's items (or one exclusive callable) waiting for the forward thread."""
 
@@ -50,18 +66,29 @@ class Job:
     future: asyncio.Future
     custom: Callable[[], Any] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    result: JobResult | None = None
+    remaining: int = 0
 
     @property
     def tokens(self) -> int:
         return sum(p.cost for p in self.prepared) if self.prepared else 1
 
+    @property
+    def gone(self) -> bool:
+        """Answered already (an error) or abandoned by its client: its rows need no forward."""
+        return self.future.done() or self.cancelled.is_set()
+
 
 @dataclass
-class JobResult:
-    """Raw (un-normalised, full-dimension) outputs of one job, in the job's item order."""
+class _Row:
+    """One queued item: row ``index`` of ``job``."""
 
-    dense: np.ndarray | None
-    multivector: list[np.ndarray] | None
+    job: Job
+    index: int
+
+    @property
+    def prepared(self) -> Prepared:
+        return self.job.prepared[self.index]
 
 
 class Engine:
@@ -74,12 +101,15 @@ class Engine:
         self.model = embedder.model
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
         self.max_pending_items = max_pending_items
-        # Collect up to a few batches' worth per round: enough to fill batches across requests.
+        # Each plan covers a few batches' worth of the oldest rows: enough choice to fill batches
+        # across requests, little enough that planning before every forward stays cheap.
         self.collect_tokens = collect_tokens or 4 * embedder.batch_tokens
         self.metrics = metrics or Metrics()
         self.pending_items = 0
         self._queue: asyncio.Queue[Job] | None = None
-        self._held: Job | None = None
+        self._pool: list[_Row] = []         # dequeued rows waiting for a forward, oldest first
+        self._turns: list[Job] = []         # jobs with rows in the pool, in round-robin order
+        self._held: Job | None = None       # an exclusive job waiting for the pool to empty
         self._worker: asyncio.Task | None = None
         self._prepare_pool = ThreadPoolExecutor(max_workers=prepare_workers, thread_name_prefix="omnivec-pre")
         self._forward_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnivec-forward")
@@ -150,112 +180,161 @@ class Engine:
             raise
 
     # ------------------------------------------------------------------ worker
-    async def _next(self) -> Job:
-        if self._held is not None:
-            job, self._held = self._held, None
-            return job
-        assert self._queue is not None
-        return await self._queue.get()
+    def _take(self, job: Job) -> None:
+        """Move a dequeued job into the row pool (an exclusive job is held until the pool empties)."""
+        if job.custom is not None:
+            self._held = job
+            return
+        n = len(job.prepared)
+        job.result = JobResult(np.zeros((n, self.model.dim), np.float32) if not job.multivector else None,
+                               [None] * n if job.multivector else None)
+        job.remaining = n
+        if n == 0:
+            if not job.future.done():
+                job.future.set_result(job.result)
+            return
+        self._pool.extend(_Row(job, i) for i in range(n))
+        self._turns.append(job)
 
-    async def _collect(self) -> list[Job]:
-        """First job, then more until the token budget or ``max_wait`` passes."""
-        loop = asyncio.get_running_loop()
-        first = await self._next()
-        jobs = [first]
-        if first.custom is not None:
-            return jobs
-        tokens = first.tokens
-        deadline = loop.time() + self.max_wait
+    def _drain(self) -> None:
+        """Take every job already queued, without waiting (none while an exclusive job is held)."""
         assert self._queue is not None
-        while tokens < self.collect_tokens:
+        while self._held is None:
             try:
                 job = self._queue.get_nowait()
             except asyncio.QueueEmpty:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
+                return
+            self._take(job)
+
+    async def _gather(self) -> None:
+        """After idling: wait up to ``max_wait`` for more jobs, so that they share a batch."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait
+        assert self._queue is not None
+        while self._held is None and sum(r.prepared.cost for r in self._pool) < self.collect_tokens:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            try:
+                job = await asyncio.wait_for(self._queue.get(), remaining)
+            except asyncio.TimeoutError:
+                return
+            self._take(job)
+
+    def _pick(self) -> list[_Row]:
+        """Remove and return the next batch: the planned batch holding the turn job's first row.
+
+        Jobs take turns (round robin, in arrival order), so a small request arriving behind a
+        large one is served within a pass or two instead of after all of it. The plan covers
+        the turn job's rows and then the other jobs' (same output kind, arrival order), each
+        job at most an equal share of ``collect_tokens``; rows of abandoned jobs are dropped.
+        """
+        live = []
+        for row in self._pool:
+            if row.job.gone:
+                self.metrics.queue_depth.dec()
+                if row.job.cancelled.is_set():
+                    self.metrics.dropped.inc()
+            else:
+                live.append(row)
+        self._pool = live
+        rows_of: dict[Job, list[int]] = {}
+        for k, row in enumerate(live):
+            rows_of.setdefault(row.job, []).append(k)
+        self._turns = [j for j in self._turns if j in rows_of]
+        if not live:
+            return []
+        turn = self._turns[0]
+        jobs = [turn] + [j for j in self._turns[1:] if j.multivector == turn.multivector]
+        share = max(self.embedder.batch_tokens, self.collect_tokens // len(jobs))
+        window: list[int] = []
+        total = 0
+        for job in jobs:
+            tokens = 0
+            for k in rows_of[job]:
+                if tokens >= share or total >= self.collect_tokens:
                     break
-                try:
-                    job = await asyncio.wait_for(self._queue.get(), remaining)
-                except asyncio.TimeoutError:
-                    break
-            if job.custom is not None:
-                self._held = job  # exclusive jobs run alone, next round
-                break
-            jobs.append(job)
-            tokens += job.tokens
-        return jobs
+                window.append(k)
+                cost = live[k].prepared.cost
+                tokens += cost
+                total += cost
+        costs = [live[k].prepared.cost for k in window]
+        plans = plan_batches(costs, max_tokens=self.embedder.batch_tokens,
+                             max_rows=self.embedder.max_batch_rows, padded=self.model.padded,
+                             overhead_tokens=self.model.batch_overhead_tokens)
+        chosen = next(b for b in plans if 0 in b)
+        taken = {window[i] for i in chosen}
+        batch = [live[window[i]] for i in sorted(chosen)]
+        self._pool = [row for k, row in enumerate(live) if k not in taken]
+        self.metrics.queue_depth.dec(len(batch))
+        # the turn job goes to the back of the line; it drops out once its rows are all taken
+        self._turns = self._turns[1:] + [turn]
+        return batch
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            jobs = await self._collect()
-            self.metrics.queue_depth.dec(sum(len(j.prepared) for j in jobs))
-            live = []
-            for j in jobs:
-                if j.future.done() or j.cancelled.is_set():
-                    self.metrics.dropped.inc(len(j.prepared))
-                else:
-                    live.append(j)
-            if not live:
+            if self._pool:
+                self._drain()
+            elif self._held is not None:      # exclusive work runs once the pool is empty
+                job, self._held = self._held, None
+                await self._run_exclusive(job)
+                continue
+            else:
+                assert self._queue is not None
+                self._take(await self._queue.get())
+                await self._gather()
+            batch = self._pick()
+            if not batch:
                 continue
             try:
-                if live[0].custom is not None:
-                    result = await loop.run_in_executor(self._forward_pool, live[0].custom)
-                    results: list[Any] = [result]
-                else:
-                    results = await loop.run_in_executor(self._forward_pool, self._forward, live)
+                outputs = await loop.run_in_executor(self._forward_pool, self._forward, batch)
             except asyncio.CancelledError:
                 raise
-            except BaseException as e:  # noqa: BLE001 - routed to every waiting request
-                for j in live:
-                    if not j.future.done():
-                        j.future.set_exception(e)
+            except BaseException as e:  # noqa: BLE001 - fails only the jobs in this batch
+                for row in batch:
+                    if not row.job.future.done():
+                        row.job.future.set_exception(e)
                 continue
-            for j, r in zip(live, results):
-                if j.future.done():
+            for row, out in zip(batch, outputs):
+                job = row.job
+                if job.future.done():
                     continue
-                if isinstance(r, BaseException):
-                    j.future.set_exception(r)
+                assert job.result is not None
+                if job.multivector:
+                    job.result.multivector[row.index] = out
                 else:
-                    j.future.set_result(r)
+                    job.result.dense[row.index] = out
+                job.remaining -= 1
+                if job.remaining == 0:
+                    job.future.set_result(job.result)
 
-    def _forward(self, jobs: list[Job]) -> list[JobResult | BaseException]:
-        """Forward thread: one plan per output kind over all jobs' rows; scatter rows back."""
-        results: list[JobResult | BaseException] = [
-            JobResult(np.zeros((len(j.prepared), self.model.dim), np.float32) if not j.multivector else None,
-                      [None] * len(j.prepared) if j.multivector else None) for j in jobs]
-        for multivector in (False, True):
-            rows = [(ji, ri) for ji, j in enumerate(jobs) if j.multivector == multivector
-                    for ri in range(len(j.prepared))]
-            if not rows:
-                continue
-            costs = [jobs[ji].prepared[ri].cost for ji, ri in rows]
-            batches = plan_batches(costs, max_tokens=self.embedder.batch_tokens,
-                                   max_rows=self.embedder.max_batch_rows, padded=self.model.padded,
-                                   overhead_tokens=self.model.batch_overhead_tokens)
-            for batch in batches:
-                batch = [k for k in batch if not jobs[rows[k][0]].cancelled.is_set()]
-                if not batch:
-                    continue
-                try:
-                    out = self.model.forward([jobs[rows[k][0]].prepared[rows[k][1]] for k in batch],
-                                             dense=not multivector, multivector=multivector).wait()
-                except Exception as e:  # noqa: BLE001 - fail only the jobs in this batch
-                    for k in batch:
-                        results[rows[k][0]] = e
-                    continue
-                self.metrics.batch_size.observe(len(batch))
-                self.metrics.tokens.inc(sum(costs[k] for k in batch))
-                for pos, k in enumerate(batch):
-                    ji, ri = rows[k]
-                    res = results[ji]
-                    if isinstance(res, BaseException):
-                        continue
-                    if multivector:
-                        res.multivector[ri] = _np(out.multivector[pos])
-                    else:
-                        res.dense[ri] = _np(out.dense[pos])
-        return results
+    async def _run_exclusive(self, job: Job) -> None:
+        assert job.custom is not None
+        self.metrics.queue_depth.dec(len(job.prepared))
+        if job.gone:
+            return
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self._forward_pool, job.custom)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # noqa: BLE001 - routed to the waiting request
+            if not job.future.done():
+                job.future.set_exception(e)
+            return
+        if not job.future.done():
+            job.future.set_result(result)
+
+    def _forward(self, batch: list[_Row]) -> list[np.ndarray]:
+        """Forward thread: one pass over ``batch`` (rows of one kind); one array per row."""
+        multivector = batch[0].job.multivector
+        out = self.model.forward([row.prepared for row in batch], dense=not multivector,
+                                 multivector=multivector).wait()
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.tokens.inc(sum(row.prepared.cost for row in batch))
+        if multivector:
+            return [_np(t) for t in out.multivector]
+        return list(_np(out.dense))
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
