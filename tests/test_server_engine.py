@@ -149,7 +149,8 @@ def test_request_answered_when_its_rows_are_done_not_at_end_of_round() -> None:
 
 def test_small_request_not_held_back_by_a_large_one_queued_before_it() -> None:
     model = FakeModel(delay=0.02)
-    engine = Engine(Embedder(model, max_batch_rows=2), max_wait_ms=0)
+    # 2 rows of 4 tokens per pass: the large request needs 20 passes
+    engine = Engine(Embedder(model, max_batch_rows=2, batch_tokens=8), max_wait_ms=0)
     done: dict[str, float] = {}
 
     async def main():
