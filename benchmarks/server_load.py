@@ -4,9 +4,8 @@ Starts the server (embedded default model unless ``--model``) as a subprocess on
 loopback port, measures the library's items/s on the same items in this process before and
 after the load (the server idle; the mean is the baseline), and runs ``--clients`` client
 processes, each sending one request at a time (``--batch`` texts per request) for
-``--duration`` seconds. Prints requests/s, items/s,
-p50/p95/p99 latency, errors, the server's RSS (start, end, peak) and the ratio
-server items/s / library items/s.
+``--duration`` seconds. Prints requests/s, items/s, p50/p95/p99 latency, errors, the
+server's RSS (start, end, peak) and the ratio server items/s / library items/s.
 
     python benchmarks/server_load.py [--duration 20] [--clients 4] [--batch 8]
                                      [--big-clients 1 --big-batch 256]
