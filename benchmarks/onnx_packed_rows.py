@@ -61,11 +61,9 @@ def session(file: Path):
 
 
 def run_padded(sess, batch: list[list[int]]) -> np.ndarray:
-    width = max(len(s) for s in batch)
-    ids = np.zeros((len(batch), width), np.int64)
-    mask = np.zeros_like(ids)
-    for i, s in enumerate(batch):
-        ids[i, :len(s)], mask[i, :len(s)] = s, 1
+    from omnivec.models.encoder import pad_ids
+
+    ids, mask = pad_ids(batch, 0)
     return sess.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
 
 

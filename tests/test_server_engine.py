@@ -115,32 +115,40 @@ def test_engine_skips_cancelled_jobs() -> None:
     assert engine.metrics.dropped._value.get() == 2
 
 
-def test_request_answered_when_its_rows_are_done_not_at_end_of_round() -> None:
-    """A one-item request that shares a batch plan with a four-item one is answered after its own
-    forward, and a request arriving while the four-item one runs does not wait for all of it."""
-    model = FakeModel(delay=0.1)
-    engine = Engine(Embedder(model, max_batch_rows=1), max_wait_ms=30)
+def _timed_requests(engine: Engine, requests: dict[str, tuple[list[str], float]]) -> tuple[dict, dict]:
+    """Submit each named text-matching request after its delay (s); completion times and results."""
     done: dict[str, float] = {}
+    results: dict = {}
 
     async def main():
         engine.start()
         loop = asyncio.get_running_loop()
         task = resolve_task("text-matching")
+        start = loop.time()
         try:
             async def one(name: str, texts: list[str], after: float):
                 await asyncio.sleep(after)
                 prepared, _ = await engine.prepare(texts, [task] * len(texts), PrepareOptions(), engine.embedder.limits)
-                res = await engine.submit(prepared, multivector=False)
+                results[name] = await engine.submit(prepared, multivector=False)
                 done[name] = loop.time() - start
-                want = torch.stack([_vec(t, task.api_name) for t in texts]).numpy()
-                np.testing.assert_array_equal(res.dense, want)
-            start = loop.time()
-            await asyncio.gather(one("small", ["s"], 0.0), one("big", ["b1", "b2", "b3", "b4"], 0.01),
-                                 one("late", ["l"], 0.15))
+            await asyncio.gather(*(one(name, texts, after) for name, (texts, after) in requests.items()))
         finally:
             await engine.stop()
 
     asyncio.run(main())
+    return done, results
+
+
+def test_request_answered_when_its_rows_are_done_not_at_end_of_round() -> None:
+    """A one-item request that shares a batch plan with a four-item one is answered after its own
+    forward, and a request arriving while the four-item one runs does not wait for all of it."""
+    model = FakeModel(delay=0.1)
+    engine = Engine(Embedder(model, max_batch_rows=1), max_wait_ms=30)
+    requests = {"small": (["s"], 0.0), "big": (["b1", "b2", "b3", "b4"], 0.01), "late": (["l"], 0.15)}
+    done, results = _timed_requests(engine, requests)
+    for name, (texts, _) in requests.items():
+        want = torch.stack([_vec(t, "text-matching") for t in texts]).numpy()
+        np.testing.assert_array_equal(results[name].dense, want)
     assert model.forwards == [1] * 6 and model.max_concurrent == 1
     assert done["small"] < 0.2                 # after its own forward, not after the four others
     assert done["big"] > 0.4
@@ -151,24 +159,7 @@ def test_small_request_not_held_back_by_a_large_one_queued_before_it() -> None:
     model = FakeModel(delay=0.02)
     # 2 rows of 4 tokens per pass: the large request needs 20 passes
     engine = Engine(Embedder(model, max_batch_rows=2, batch_tokens=8), max_wait_ms=0)
-    done: dict[str, float] = {}
-
-    async def main():
-        engine.start()
-        loop = asyncio.get_running_loop()
-        task = resolve_task("text-matching")
-        try:
-            async def one(name: str, texts: list[str], after: float):
-                await asyncio.sleep(after)
-                prepared, _ = await engine.prepare(texts, [task] * len(texts), PrepareOptions(), engine.embedder.limits)
-                await engine.submit(prepared, multivector=False)
-                done[name] = loop.time() - start
-            start = loop.time()
-            await asyncio.gather(one("large", [f"row {i}" for i in range(40)], 0.0), one("small", ["s"], 0.05))
-        finally:
-            await engine.stop()
-
-    asyncio.run(main())
+    done, _ = _timed_requests(engine, {"large": ([f"row {i}" for i in range(40)], 0.0), "small": (["s"], 0.05)})
     assert sum(model.forwards) == 41
     assert done["large"] > 0.35                # 20 forwards of 2 rows
     assert done["small"] < 0.15                # within a pass or two of arriving

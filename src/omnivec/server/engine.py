@@ -13,9 +13,9 @@ Why it looks like this:
   ``collect_tokens`` of queued rows and runs the planned batch holding the first row of the
   job whose turn it is (jobs take turns, round robin). A request is answered as soon as its
   last row is computed, and rows that arrive meanwhile join the next plan. Why: with rounds,
-  a round's requests all finished together and their clients' next requests found the model
-  idle while they were encoded, sent, parsed and tokenised; now the other rows keep it busy.
-  Turns keep a large request from holding back the small ones queued behind it.
+  a small request queued behind a large one waited for all of it (a one-text request behind a
+  256-text one: ~2.7 s, ~0.25 s with turns; benchmarks/RESULTS.md). Throughput measured the
+  same either way; p95 on uniform loads is a little higher, as completions spread out.
 * An idle worker waits at most ``max_wait_ms`` after the first job for company, so requests
   arriving together share their first batch.
 * Memory stays flat: admission is refused (the caller answers 503 + Retry-After) when the
@@ -68,10 +68,6 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     result: JobResult | None = None
     remaining: int = 0
-
-    @property
-    def tokens(self) -> int:
-        return sum(p.cost for p in self.prepared) if self.prepared else 1
 
     @property
     def gone(self) -> bool:
@@ -211,7 +207,8 @@ class Engine:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait
         assert self._queue is not None
-        while self._held is None and sum(r.prepared.cost for r in self._pool) < self.collect_tokens:
+        tokens = sum(r.prepared.cost for r in self._pool)
+        while self._held is None and tokens < self.collect_tokens:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
@@ -220,6 +217,7 @@ class Engine:
             except asyncio.TimeoutError:
                 return
             self._take(job)
+            tokens += sum(p.cost for p in job.prepared)
 
     def _pick(self) -> list[_Row]:
         """Remove and return the next batch: the planned batch holding the turn job's first row.
