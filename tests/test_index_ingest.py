@@ -283,10 +283,11 @@ def test_images_and_truncated_png(tmp_path: Path) -> None:
     png, jpg = tmp_path / "a.png", tmp_path / "b.jpg"
     PILImage.new("RGBA", (40, 30), (255, 0, 0, 128)).save(png)
     PILImage.new("RGB", (64, 48), (0, 128, 255)).save(jpg, quality=90)
-    for path, size in ((png, (40, 30)), (jpg, (64, 48))):
+    for path, size, mode in ((png, (40, 30), "RGBA"), (jpg, (64, 48), "RGB")):
         [item] = read_items(src(path, "image"), count_tokens=wc)
         assert item.kind == "image" and item.text == "" and item.page is None
-        assert isinstance(item.content, PILImage.Image) and item.content.mode == "RGB"
+        # decoded as omnivec.Image decodes: alpha is kept for the model family to handle
+        assert isinstance(item.content, PILImage.Image) and item.content.mode == mode
         assert item.content.size == size
     bad = tmp_path / "cut.png"
     bad.write_bytes(png.read_bytes()[:60])
@@ -313,10 +314,20 @@ def test_pdf_pages_text_layer_and_corrupt_pdf(tmp_path: Path) -> None:
     small = read_items(src(path, "pdf"), count_tokens=wc, pdf_scale=0.5)
     assert abs(small[0].content.size[0] - 595 // 2) <= 2
 
+    with pytest.raises(IngestError, match="too many pages"):
+        read_items(src(path, "pdf"), count_tokens=wc, limits=InputLimits(max_pdf_pages=2))
+    tiny = read_items(src(path, "pdf"), count_tokens=wc, limits=InputLimits(max_pdf_pixels_per_page=20_000))
+    assert all(it.content.size[0] * it.content.size[1] <= 20_000 for it in tiny)
+    assert [it.text for it in tiny] == [it.text for it in items]
+
     bad = tmp_path / "broken.pdf"
     bad.write_bytes(b"%PDF-1.7\n1 0 obj <<\ngarbage")
     with pytest.raises(IngestError, match="corrupt PDF"):
         read_items(src(bad, "pdf"), count_tokens=wc)
+    empty = tmp_path / "empty.pdf"
+    empty.write_bytes(b"")
+    with pytest.raises(IngestError, match="corrupt PDF: empty data"):
+        read_items(src(empty, "pdf"), count_tokens=wc)
 
 
 def test_binary_and_invalid_text_are_refused(tmp_path: Path) -> None:

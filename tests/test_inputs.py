@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
-from omnivec import inputs as I
-from omnivec.inputs import PDF, Image, InputError, InputLimits, decode_base64_image, fetch_url, parse_inputs
+from omnivec.inputs import PDF, Image, InputError, InputLimits, PDFPage, composite_on_white, decode_base64_image, fetch_url, parse_inputs
+from omnivec.inputs import fetch as F
 
 LOCAL = InputLimits(allow_private_urls=True)
 # Fuzzed TIFF/EXIF blocks make PIL warn; rejecting or decoding them is what is under test.
@@ -96,20 +96,77 @@ def test_exif_orientation_applied():
     assert r > 200 and b < 60
 
 
-def test_alpha_composited_on_white():
-    rgba = PILImage.new("RGBA", (4, 4), (255, 0, 0, 0))
-    rgba.putpixel((0, 0), (255, 0, 0, 255))
-    out = Image(png_bytes(rgba)).load()
-    assert out.getpixel((1, 1)) == (255, 255, 255)
-    assert out.getpixel((0, 0)) == (255, 0, 0)
-    la = PILImage.new("LA", (2, 2), (0, 0))
-    assert Image(la).load().getpixel((0, 0)) == (255, 255, 255)
-    half = Image(PILImage.new("RGBA", (2, 2), (0, 0, 0, 128))).load().getpixel((0, 0))
+def test_transparency_kept_as_rgba():
+    """Parsing keeps alpha (RGBA, stored colours untouched); each model family decides."""
+    rgba = PILImage.new("RGBA", (4, 4), (255, 0, 0, 0))  # transparent, stored colour red
+    rgba.putpixel((0, 0), (0, 0, 255, 255))
+    for src in (png_bytes(rgba), rgba):
+        out = Image(src).load()
+        assert out.mode == "RGBA" and out is not src
+        assert out.getpixel((1, 1)) == (255, 0, 0, 0) and out.getpixel((0, 0)) == (0, 0, 255, 255)
+        # jina-v4's reference drops alpha with a plain convert: the stored colour stays
+        assert out.convert("RGB").getpixel((1, 1)) == (255, 0, 0)
+    assert rgba.getpixel((1, 1)) == (255, 0, 0, 0)  # the caller's image is not touched
+    [item], _ = parse_inputs([rgba])
+    assert item.mode == "RGBA" and item.getpixel((1, 1)) == (255, 0, 0, 0)
+    la = Image(PILImage.new("LA", (2, 2), (7, 0))).load()
+    assert la.mode == "RGBA" and la.getpixel((0, 0)) == (7, 7, 7, 0)
+    pal = PILImage.new("P", (2, 2), 0)
+    pal.putpalette([0, 0, 0, 255, 0, 0])
+    pal.putpixel((1, 1), 1)
+    out = Image(png_bytes(pal, transparency=0)).load()
+    assert out.mode == "RGBA" and out.getpixel((0, 0))[3] == 0 and out.getpixel((1, 1)) == (255, 0, 0, 255)
+    key = Image(png_bytes(red((3, 3)), transparency=(255, 0, 0))).load()  # RGB colour key
+    assert key.mode == "RGBA" and key.getpixel((0, 0))[3] == 0
+    pre = Image(PILImage.new("RGBA", (2, 2), (200, 100, 50, 128)).convert("RGBa")).load()
+    assert pre.mode == "RGBA" and pre.getpixel((0, 0))[3] == 128
+
+
+def test_opaque_alpha_and_unused_transparency_become_rgb():
+    opaque = PILImage.new("RGBA", (3, 3), (10, 20, 30, 255))
+    for src in (opaque, png_bytes(opaque)):
+        out = Image(src).load()
+        assert out.mode == "RGB" and out.getpixel((0, 0)) == (10, 20, 30)
+    pal = PILImage.new("P", (2, 2), 1)
+    pal.putpalette([0, 0, 0, 255, 0, 0])
+    out = Image(png_bytes(pal, transparency=0)).load()  # the transparent entry is not used
+    assert out.mode == "RGB" and out.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_composite_on_white():
+    rgba = PILImage.new("RGBA", (4, 4), (0, 0, 0, 0))  # transparent black: text on nothing
+    rgba.putpixel((0, 0), (0, 0, 0, 255))
+    out = composite_on_white(Image(rgba).load())
+    assert out.mode == "RGB"
+    assert out.getpixel((1, 1)) == (255, 255, 255) and out.getpixel((0, 0)) == (0, 0, 0)
+    half = composite_on_white(PILImage.new("RGBA", (2, 2), (0, 0, 0, 128))).getpixel((0, 0))
     assert all(120 <= c <= 135 for c in half)
+    assert composite_on_white(PILImage.new("LA", (2, 2), (0, 0))).getpixel((0, 0)) == (255, 255, 255)
     pal = PILImage.new("P", (2, 2), 0)
     pal.putpalette([0, 0, 0, 255, 0, 0])
     pal.info["transparency"] = 0
-    assert Image(png_bytes(pal, transparency=0)).load().getpixel((0, 0)) == (255, 255, 255)
+    assert composite_on_white(pal).getpixel((0, 0)) == (255, 255, 255)
+    rgb = red()
+    assert composite_on_white(rgb) is rgb  # nothing to do
+    assert composite_on_white(PILImage.new("L", (2, 2), 9)).getpixel((0, 0)) == (9, 9, 9)
+    assert composite_on_white(PILImage.new("I;16", (2, 2), 65535)).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_ocr_reads_transparent_background_as_white(monkeypatch):
+    from omnivec import ocr
+
+    seen = []
+
+    def engine(img, **kw):
+        seen.append(img)
+        return None, None
+
+    monkeypatch.setattr(ocr, "_ENGINE", engine)
+    rgba = PILImage.new("RGBA", (8, 8), (0, 0, 0, 0))
+    rgba.putpixel((3, 3), (0, 0, 0, 255))
+    assert ocr.ocr_image(rgba) == ""
+    [img] = seen
+    assert img.mode == "RGB" and img.getpixel((0, 0)) == (255, 255, 255) and img.getpixel((3, 3)) == (0, 0, 0)
 
 
 # ------------------------------------------------------------------ bad images
@@ -203,7 +260,7 @@ def test_arbitrary_bytes_only_input_error(data):
         im = Image(data).load(InputLimits(max_image_pixels=1_000_000))
     except InputError:
         return
-    assert im.mode == "RGB"
+    assert im.mode in ("RGB", "RGBA")
 
 
 @settings(max_examples=100, deadline=None)
@@ -319,6 +376,86 @@ def test_malformed_pdf():
         PDF("data:image/png;base64," + base64.b64encode(b"x" * 8).decode()).render()
 
 
+def _text_pdf(texts: list[str], size=(200, 100)) -> bytes:
+    """A PDF whose pages carry a real text layer (page size in points)."""
+    from fpdf import FPDF
+
+    pdf = FPDF(unit="pt", format=size)
+    pdf.set_font("Helvetica", size=12)
+    for words in texts:
+        pdf.add_page()
+        pdf.multi_cell(0, 14, text=words)
+    return bytes(pdf.output())
+
+
+@pytest.fixture
+def pdfium_calls(monkeypatch):
+    """Count page renders and document closes (pypdfium2's public API) to observe laziness."""
+    import pypdfium2 as pdfium
+
+    calls = {"render": 0, "close": 0}
+    real_render, real_close = pdfium.PdfPage.render, pdfium.PdfDocument.close
+
+    def render(self, *a, **kw):
+        calls["render"] += 1
+        return real_render(self, *a, **kw)
+
+    def close(self, *a, **kw):
+        calls["close"] += 1
+        return real_close(self, *a, **kw)
+
+    monkeypatch.setattr(pdfium.PdfPage, "render", render)
+    monkeypatch.setattr(pdfium.PdfDocument, "close", close)
+    return calls
+
+
+def test_pdf_iter_pages_lazy_in_order_with_text_layer(pdfium_calls):
+    data = _text_pdf(["alpha apples", "bravo bananas", "charlie cherries"])
+    it = PDF(data, dpi=72, pages=[2, 0, -2]).iter_pages(text=True)
+    assert pdfium_calls == {"render": 0, "close": 0}  # nothing read before the first page
+    first = next(it)
+    assert isinstance(first, PDFPage) and pdfium_calls["render"] == 1
+    assert first.index == 2 and "cherries" in first.text and first.text == first.text.strip()
+    assert first.image.mode == "RGB" and first.image.size == (200, 100)
+    # Between pages the pdfium lock is free: another thread can use pdfium meanwhile.
+    counted = []
+    t = threading.Thread(target=lambda: counted.append(PDF(data).page_count()), daemon=True)
+    t.start()
+    t.join(10)
+    assert counted == [3]
+    rest = list(it)
+    assert [p.index for p in rest] == [0, 1] and pdfium_calls["render"] == 3
+    assert "apples" in rest[0].text and "bananas" in rest[1].text
+    assert pdfium_calls["close"] == 2  # page_count's document and this one, closed when done
+    # text is read only when asked for; render() is the images of iter_pages()
+    plain = list(PDF(data, dpi=36).iter_pages())
+    assert [p.text for p in plain] == [None, None, None] and plain[0].image.size == (100, 50)
+    assert [im.tobytes() for im in PDF(data, dpi=36).render()] == [p.image.tobytes() for p in plain]
+
+
+def test_pdf_iter_pages_abandoned_closes_and_limits(pdfium_calls):
+    data = _text_pdf(["one", "two", "three"])
+    it = PDF(data).iter_pages()
+    next(it)
+    it.close()
+    assert pdfium_calls == {"render": 1, "close": 1}
+    # selection and page-count limits are checked before any page is rendered
+    with pytest.raises(InputError, match="too many pages: 3 > 2"):
+        next(PDF(data).iter_pages(InputLimits(max_pdf_pages=2)))
+    with pytest.raises(InputError, match="page 3 is out of range"):
+        next(PDF(data, pages=[3]).iter_pages())
+    assert pdfium_calls["render"] == 1 and pdfium_calls["close"] == 3
+    pages = list(PDF(data, dpi=144).iter_pages(InputLimits(max_pdf_pixels_per_page=5_000)))
+    assert len(pages) == 3
+    for p in pages:
+        w, h = p.image.size
+        assert w * h <= 5_000 and abs(w / h - 2) < 0.1
+    it = PDF(b"%PDF-1.4\nnot really a pdf").iter_pages()  # lazy: the error comes with a page
+    with pytest.raises(InputError, match="not a valid PDF"):
+        next(it)
+    assert [p.text for p in PDF(_pdf_bytes(1)).iter_pages(text=True)] == [""]  # no text layer
+
+
 # ------------------------------------------------------------------ URL safety
 
 
@@ -344,8 +481,8 @@ def test_malformed_pdf():
     ],
 )
 def test_forbidden_addresses(ip, forbidden):
-    assert I._is_forbidden_address(ip) is forbidden
-    assert I._is_forbidden_address(ipaddress.ip_address(ip.split("%")[0])) is forbidden
+    assert F._is_forbidden_address(ip) is forbidden
+    assert F._is_forbidden_address(ipaddress.ip_address(ip.split("%")[0])) is forbidden
 
 
 IMG = png_bytes(red())
@@ -432,8 +569,8 @@ def test_redirects(server, monkeypatch):
         fetch_url(server + "/redirect?to=file:///etc/passwd", LOCAL)
     # Pretend 127.0.0.1 is a public server; its redirect to a private address must be refused
     # (before any connection to 10.0.0.1 is attempted).
-    real = I._is_forbidden_address
-    monkeypatch.setattr(I, "_is_forbidden_address", lambda ip: str(ip) != "127.0.0.1" and real(ip))
+    real = F._is_forbidden_address
+    monkeypatch.setattr(F, "_is_forbidden_address", lambda ip: str(ip) != "127.0.0.1" and real(ip))
     assert fetch_url(server + "/img.png", InputLimits()) == IMG
     for target in ("http://10.0.0.1:9/x.png", "http://169.254.169.254/latest/meta-data/", "http://[::1]:9/"):
         with pytest.raises(InputError, match="private or reserved"):
@@ -494,7 +631,7 @@ def test_https_pinned_ip_keeps_sni_and_hostname_check(tls_server, monkeypatch):
     with pytest.raises(InputError, match="could not fetch URL"):
         fetch_url(f"https://localhost:{port}/img.png", replace(LOCAL, url_timeout_s=3))
     ctx = ssl.create_default_context(cafile=str(cert))
-    monkeypatch.setattr(I, "_tls_context", lambda: ctx)
+    monkeypatch.setattr(F, "_tls_context", lambda: ctx)
     # Connected to the vetted IP, yet the certificate is checked against the URL's host name.
     assert fetch_url(f"https://localhost:{port}/img.png", LOCAL) == IMG
     assert fetch_url(f"https://localhost:{port}/host", LOCAL) == f"localhost:{port}".encode()

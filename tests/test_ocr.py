@@ -7,6 +7,8 @@ from PIL import Image, ImageDraw, ImageFont
 pytest.importorskip("rapidocr_onnxruntime")
 from omnivec.ocr import _reading_order, ocr_image  # noqa: E402
 
+pytestmark = pytest.mark.slow  # RapidOCR on rendered and scanned pages
+
 
 def _render(lines: list[str]) -> Image.Image:
     img = Image.new("RGB", (1000, 90 * len(lines) + 40), "white")

@@ -14,6 +14,8 @@ from typing import Any
 
 from PIL import Image as PILImage
 
+from .inputs import composite_on_white
+
 # Detection box score threshold. RapidOCR's default (0.5) drops faint lines on grey scans: on
 # scikit-image's page() it finds 5 of the 7 lines, with 0.3 all 7.
 BOX_THRESH = 0.3
@@ -59,6 +61,8 @@ def _reading_order(boxes: list[tuple[float, float, float, str]]) -> list[str]:
 def ocr_image(image: PILImage.Image, *, min_score: float = 0.5) -> str:
     """Text recognised in ``image``: lines in reading order joined by newlines ("" if none).
 
+    Any PIL mode is accepted; transparent pixels are read as white (:func:`composite_on_white`).
+
     >>> ocr_image(PIL.Image.open("scan.png"))   # doctest: +SKIP
     'Region-based segmentation\\nLet us first determine markers ...'
     """
@@ -66,7 +70,8 @@ def ocr_image(image: PILImage.Image, *, min_score: float = 0.5) -> str:
         raise TypeError(f"ocr_image expects a PIL image, got {type(image).__name__}")
     if image.width < 2 or image.height < 2:
         return ""
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    # Transparency goes onto white: dark text on a transparent background stays readable.
+    rgb = composite_on_white(image)
     result, _ = _engine()(rgb, box_thresh=BOX_THRESH)
     if not result:
         return ""

@@ -34,7 +34,7 @@ def ocr_texts(pages: Sequence[PageImage], cache_dir: Path | None,
         key = _key(page)
         if key not in cache:
             with PILImage.open(io.BytesIO(page.data)) as im:
-                cache[key] = ocr_image(im.convert("RGB"))
+                cache[key] = ocr_image(im)
             dirty = True
         out.append(cache[key])
         if on_page is not None:

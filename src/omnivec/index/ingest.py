@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..inputs import _PDFIUM_LOCK, PDF, Image, InputError, InputLimits
+from ..inputs import PDF, Image, InputError, InputLimits
 from .chunking import chunk_code, chunk_text
 from .types import Item
 
@@ -224,55 +224,23 @@ def _input_error(e: InputError) -> IngestError:
     return IngestError(reason)
 
 
-def _page_text(doc, i: int) -> str:  # doc: pypdfium2.PdfDocument; caller holds the pdfium lock
-    page = textpage = None
-    try:
-        page = doc[i]
-        textpage = page.get_textpage()
-        text = textpage.get_text_range()
-    except Exception:
-        return ""  # a page whose text layer cannot be read is still a page (its image counts)
-    finally:
-        if textpage is not None:
-            textpage.close()
-        if page is not None:
-            page.close()
-    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\0", "").strip()
-
-
 def _pdf_items(source: SourceFile, limits: InputLimits, pdf_scale: float | None) -> Iterator[Item]:
     """One item per page, rendered and read one page at a time (the document stays open)."""
     data = _read_bytes(source.abs_path, limits.max_image_bytes)
     pdf = PDF(data) if pdf_scale is None else PDF(data, dpi=pdf_scale * 72.0)
+    pages = pdf.iter_pages(limits, text=True)
     try:
-        with _PDFIUM_LOCK:
-            doc = pdf._open(limits)
-    except InputError as e:
-        raise _input_error(e) from None
-    try:
-        with _PDFIUM_LOCK:
-            n = len(doc)
-        if n == 0:
-            raise IngestError("corrupt PDF: no pages")
-        if n > limits.max_pdf_pages:
-            raise IngestError(f"PDF has too many pages ({n} > {limits.max_pdf_pages})")
-        for i in range(n):
-            with _PDFIUM_LOCK:
-                try:
-                    image = pdf._render_page(doc, i, limits)
-                except InputError as e:
-                    raise _input_error(e) from None
-                text = _page_text(doc, i)
-            yield Item(path=source.rel_path, kind="pdf-page", content=image, text=text,
-                       page=i + 1, ordinal=i)
-    finally:
-        # An abandoned generator may be finalised by a thread that already holds the lock:
-        # never deadlock on it; pypdfium2's own finaliser closes the document then.
-        if _PDFIUM_LOCK.acquire(timeout=10):
+        while True:
             try:
-                doc.close()
-            finally:
-                _PDFIUM_LOCK.release()
+                page = next(pages)
+            except StopIteration:
+                return
+            except InputError as e:
+                raise _input_error(e) from None
+            yield Item(path=source.rel_path, kind="pdf-page", content=page.image, text=page.text or "",
+                       page=page.index + 1, ordinal=page.index)
+    finally:
+        pages.close()  # abandoning this iterator closes the document at once
 
 
 def iter_items(

@@ -1,0 +1,53 @@
+"""Resource limits for one request's inputs, and the one error every rejected input raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["InputLimits", "InputError"]
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """Explicit resource limits for one request's inputs (frozen: shared defaults stay safe)."""
+
+    max_image_bytes: int = 32 * 2**20  # encoded bytes of one image/PDF
+    max_image_pixels: int = 64_000_000  # decoded W*H, checked from the header before decoding
+    max_pdf_pages: int = 256
+    max_pdf_pixels_per_page: int = 40_000_000  # dpi is lowered for a page that would exceed it
+    allow_url_fetch: bool = True  # the server passes False unless --allow-url-fetch
+    allow_private_urls: bool = False  # private/loopback/link-local/metadata refused unless True
+    url_timeout_s: float = 10.0  # hard deadline for a whole fetch, redirects included
+    max_redirects: int = 5
+    allow_local_paths: bool = True  # the server sets False: no request may read server files
+
+    def __post_init__(self) -> None:
+        for name in ("max_image_bytes", "max_image_pixels", "max_pdf_pages", "max_pdf_pixels_per_page"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"InputLimits.{name} must be >= 1")
+        if self.max_redirects < 0:
+            raise ValueError("InputLimits.max_redirects must be >= 0")
+        if not self.url_timeout_s > 0:
+            raise ValueError("InputLimits.url_timeout_s must be > 0")
+
+
+class InputError(ValueError):
+    """One input was rejected; ``index`` says which (None when not known yet), ``reason`` why.
+
+    It subclasses ValueError so generic callers can treat it as a bad argument, and the server
+    can turn it into a 4xx naming the offending field.
+    """
+
+    def __init__(self, index: int | None, reason: str) -> None:
+        super().__init__(index, reason)
+        self.index = index
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason if self.index is None else f"input {self.index}: {self.reason}"
+
+    def with_index(self, index: int) -> InputError:
+        """Return the same error attached to input ``index`` (inner loaders do not know it)."""
+        err = InputError(index, self.reason)
+        err.__cause__ = self.__cause__
+        return err

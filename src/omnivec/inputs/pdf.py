@@ -1,0 +1,198 @@
+"""PDF inputs: :class:`PDF` renders pages to RGB images with pypdfium2 (no system Poppler).
+
+pdfium is not thread-safe and the server decodes inputs from worker threads, so every pdfium
+call in the process goes through this module, under one lock that never leaves it. Pages are
+rendered one at a time (:meth:`PDF.iter_pages`), holding the lock only while a page is being
+rendered, never while a page is handed to the caller.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from PIL import Image as PILImage
+
+from .limits import InputError, InputLimits
+from .sources import describe_source, source_bytes
+
+__all__ = ["PDF", "PDFPage"]
+
+# pdfium is not thread-safe; the server decodes inputs from worker threads.
+_PDFIUM_LOCK = threading.Lock()
+# How long closing an abandoned document waits for the lock (see PDF.iter_pages).
+_CLOSE_LOCK_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class PDFPage:
+    """One rendered page of a :class:`PDF`.
+
+    ``index`` is the 0-based page index in the document, ``image`` the page rendered to an RGB
+    image (owned by the caller), ``text`` the page's text layer when it was asked for (else
+    None): newlines normalised to ``\\n``, NUL characters dropped, stripped, and ``""`` for a
+    page without a readable text layer (a scan, or a damaged text layer; the image still counts).
+    """
+
+    index: int
+    image: PILImage.Image
+    text: str | None = None
+
+
+class PDF:
+    """A PDF document; expands to one image per page (pypdfium2, no system Poppler).
+
+    ``pages`` selects 0-based page indices (negative ones count from the end) in the given
+    order; None means all pages.
+    """
+
+    def __init__(
+        self, source: str | bytes | os.PathLike, dpi: int = 144, pages: Sequence[int] | None = None
+    ) -> None:
+        if not isinstance(source, (str, bytes, bytearray, memoryview, os.PathLike)):
+            raise InputError(None, f"PDF source must be str, bytes or os.PathLike, not {type(source).__name__}")
+        if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not 1 <= dpi <= 2400:
+            raise InputError(None, f"PDF dpi must be a number in [1, 2400], got {dpi!r}")
+        if pages is not None:
+            if isinstance(pages, (str, bytes)) or not all(
+                isinstance(p, int) and not isinstance(p, bool) for p in pages
+            ):
+                raise InputError(None, "PDF pages must be a sequence of int page indices")
+            pages = list(pages)
+        self.source = source
+        self.dpi = dpi
+        self.pages = pages
+
+    def __repr__(self) -> str:
+        return f"PDF({describe_source(self.source)}, dpi={self.dpi}, pages={self.pages})"
+
+    # ---------------------------------------------------------------- public
+    def page_count(self, limits: InputLimits = InputLimits()) -> int:
+        """Number of pages in the document (not only the selected ones)."""
+        data = self._read(limits)
+        with _PDFIUM_LOCK:
+            doc = _open_document(data)
+            try:
+                return len(doc)
+            finally:
+                doc.close()
+
+    def iter_pages(self, limits: InputLimits = InputLimits(), *, text: bool = False) -> Iterator[PDFPage]:
+        """Yield the selected pages in order, each rendered only when it is asked for.
+
+        Each page is rendered at ``dpi``, lowered for a page whose pixels would exceed
+        ``limits.max_pdf_pixels_per_page``; ``text=True`` also reads each page's text layer
+        (:attr:`PDFPage.text`). Nothing is read until the first page is asked for; then the
+        document is opened and the selection checked (out-of-range pages, more than
+        ``limits.max_pdf_pages``) before any page is rendered. Anything wrong raises
+        InputError (index None), possibly after earlier pages were yielded.
+
+        The document stays open between pages and is closed when the iterator is exhausted,
+        closed or garbage-collected. An abandoned iterator can be finalised by a thread that
+        is itself inside pdfium; closing then waits at most 10 s for the pdfium lock and
+        otherwise leaves the document to pypdfium2's own finaliser instead of deadlocking.
+        """
+        data = self._read(limits)  # outside the lock: a URL fetch must not block other PDFs
+        with _PDFIUM_LOCK:
+            doc = _open_document(data)
+        try:
+            with _PDFIUM_LOCK:
+                try:
+                    n = len(doc)
+                except Exception as e:
+                    raise InputError(None, f"not a valid PDF ({e})") from None
+            if n == 0:
+                raise InputError(None, "not a valid PDF (no pages)")
+            for i in self._selected(n, limits):
+                with _PDFIUM_LOCK:
+                    image = self._render_page(doc, i, limits)
+                    page_text = _page_text(doc, i) if text else None
+                yield PDFPage(index=i, image=image, text=page_text)  # never yield holding the lock
+        finally:
+            if _PDFIUM_LOCK.acquire(timeout=_CLOSE_LOCK_TIMEOUT_S):
+                try:
+                    doc.close()
+                finally:
+                    _PDFIUM_LOCK.release()
+
+    def render(self, limits: InputLimits = InputLimits()) -> list[PILImage.Image]:
+        """Render the selected pages to RGB images at ``dpi``, lowered per page to fit the limit."""
+        return [page.image for page in self.iter_pages(limits)]
+
+    # ---------------------------------------------------------------- internals
+    def _read(self, limits: InputLimits) -> bytes:
+        data = source_bytes(self.source, limits, "pdf")
+        if not data:
+            raise InputError(None, "not a valid PDF (empty data)")
+        return data
+
+    def _selected(self, n: int, limits: InputLimits) -> list[int]:
+        if self.pages is None:
+            selected = list(range(n))
+        else:
+            selected = []
+            for p in self.pages:
+                if not -n <= p < n:
+                    raise InputError(None, f"PDF page {p} is out of range (document has {n} pages)")
+                selected.append(p % n)
+        if len(selected) > limits.max_pdf_pages:
+            raise InputError(None, f"PDF has too many pages: {len(selected)} > {limits.max_pdf_pages}")
+        return selected
+
+    def _render_page(self, doc, i: int, limits: InputLimits) -> PILImage.Image:  # lock held
+        page = None
+        bitmap = None
+        try:
+            page = doc[i]
+            w_pt, h_pt = page.get_size()
+            if not (w_pt > 0 and h_pt > 0 and math.isfinite(w_pt * h_pt)):
+                raise InputError(None, f"not a valid PDF (page {i} has size {w_pt}x{h_pt})")
+            scale = self.dpi / 72.0
+            budget = limits.max_pdf_pixels_per_page
+            if math.ceil(w_pt * scale) * math.ceil(h_pt * scale) > budget:
+                scale = math.sqrt(budget / (w_pt * h_pt))
+                while scale > 0 and math.ceil(w_pt * scale) * math.ceil(h_pt * scale) > budget:
+                    scale *= 0.995
+            if math.ceil(w_pt * scale) < 1 or math.ceil(h_pt * scale) < 1:
+                raise InputError(None, f"PDF page {i} cannot be rendered within the pixel limit")
+            bitmap = page.render(scale=scale)
+            img = bitmap.to_pil()
+            # Own the pixels before the pdfium bitmap is freed.
+            return img.convert("RGB") if img.mode != "RGB" else img.copy()
+        except InputError:
+            raise
+        except Exception as e:
+            raise InputError(None, f"not a valid PDF (page {i}: {type(e).__name__}: {e})") from None
+        finally:
+            if bitmap is not None:
+                bitmap.close()
+            if page is not None:
+                page.close()
+
+
+def _open_document(data: bytes):  # -> pypdfium2.PdfDocument; caller holds the pdfium lock
+    import pypdfium2 as pdfium
+
+    try:
+        return pdfium.PdfDocument(data)
+    except Exception as e:
+        raise InputError(None, f"not a valid PDF ({e})") from None
+
+
+def _page_text(doc, i: int) -> str:  # doc: pypdfium2.PdfDocument; caller holds the pdfium lock
+    page = textpage = None
+    try:
+        page = doc[i]
+        textpage = page.get_textpage()
+        text = textpage.get_text_range()
+    except Exception:
+        return ""  # a page whose text layer cannot be read is still a page (its image counts)
+    finally:
+        if textpage is not None:
+            textpage.close()
+        if page is not None:
+            page.close()
+    return text.replace("\r\n", "\n").replace("\r", "\n").replace("\0", "").strip()
