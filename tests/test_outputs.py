@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from omnivec import outputs
+from omnivec import heads, outputs
 
 
 def _unit(n, d, seed=0):
@@ -11,7 +11,7 @@ def _unit(n, d, seed=0):
 
 def test_matryoshka_slices_then_renormalises():
     x = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)
-    out = outputs.truncate_normalize(x, 4)
+    out = heads.matryoshka(x, 4)
     expected = x[:, :4] / np.linalg.norm(x[:, :4], axis=1, keepdims=True)
     np.testing.assert_allclose(out, expected, rtol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-6)
@@ -19,7 +19,7 @@ def test_matryoshka_slices_then_renormalises():
 
 def test_normalize_false_keeps_raw_values():
     x = np.array([[3.0, 4.0, 1.0]], dtype=np.float32)
-    np.testing.assert_array_equal(outputs.truncate_normalize(x, 2, normalize=False), [[3.0, 4.0]])
+    np.testing.assert_array_equal(heads.matryoshka(x, 2, normalize=False), [[3.0, 4.0]])
 
 
 @pytest.mark.parametrize("bad", [0, -1, 385, 2.5, "128", True])

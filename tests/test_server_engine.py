@@ -14,53 +14,19 @@ import pytest
 import torch
 
 from omnivec.embedder import Embedder
-from omnivec.models.base import EmbeddingModel, ForwardOutput, Prepared, PrepareOptions
+from omnivec.models.base import PrepareOptions
 from omnivec.server import ServerSettings, create_app
 from omnivec.server.engine import Engine, Overloaded
-from omnivec.tasks import TaskSpec, resolve_task
+from omnivec.tasks import resolve_task
+from omnivec.testing import FakeModel
 
 from _server_util import LiveServer, metric
 
 
-class FakeModel(EmbeddingModel):
-    """Text -> a vector derived from its words; ``delay`` seconds per forward; counts forwards."""
-
-    name = "fake"
-    family = "fake"
-    dim = 8
-    multivector_dim = 8
-
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
-        self.forwards: list[int] = []
-        self.lock = threading.Lock()
-        self.concurrent = 0
-        self.max_concurrent = 0
-
-    def prepare(self, item, task: TaskSpec, options: PrepareOptions) -> Prepared:
-        if not isinstance(item, str):
-            item = "image"
-        words = item.split()
-        return Prepared("text", task, len(words) + 2, {"text": item, "task": task.api_name})
-
-    def forward(self, batch, *, dense=True, multivector=False) -> ForwardOutput:
-        with self.lock:
-            self.concurrent += 1
-            self.max_concurrent = max(self.max_concurrent, self.concurrent)
-        try:
-            time.sleep(self.delay)
-            self.forwards.append(len(batch))
-            vecs = torch.stack([_vec(p.data["text"], p.data["task"]) for p in batch])
-            multi = [v.repeat(2, 1) for v in vecs] if multivector else None
-            return ForwardOutput(vecs if dense else None, multi)
-        finally:
-            with self.lock:
-                self.concurrent -= 1
-
-
 def _vec(text: str, task: str) -> torch.Tensor:
-    rng = np.random.default_rng(abs(hash((text, task))) % 2**32)
-    return torch.from_numpy(rng.standard_normal(8).astype(np.float32))
+    """What the fake family gives ``text`` alone (raw, un-normalised): the engine must match it."""
+    out = Embedder(FakeModel()).embed([text], task, normalize=False)
+    return torch.from_numpy(out.dense[0])
 
 
 def test_engine_merges_concurrent_requests_and_routes_rows_back() -> None:

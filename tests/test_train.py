@@ -2,30 +2,16 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from _helpers_encoder import minilm_dir
+from _train_helpers import assert_micro_batches_match_full_batch
 
+pytestmark = pytest.mark.slow  # trains adapters and projectors on real models
 
-@pytest.fixture(scope="module")
-def tiny_encoder(tmp_path_factory) -> Path:
-    """A 2-layer, 32-wide BertModel with all-MiniLM-L6-v2's tokenizer and e5-style prompts."""
-    from transformers import BertConfig, BertModel
-    out = tmp_path_factory.mktemp("tiny-bert")
-    src = minilm_dir()
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128)
-    BertModel(cfg, add_pooling_layer=False).save_pretrained(out)
-    shutil.copy(src / "tokenizer.json", out / "tokenizer.json")
-    (out / "omnivec.json").write_text(json.dumps({"name": "tiny-bert", "family": "encoder",
-                                                  "prompts": {"query": "query: ", "passage": "passage: "}}))
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +55,7 @@ def test_loss_falls_backbone_frozen_and_output_loads(tiny_encoder, pairs_file, t
     assert result.steps == 24 and len(losses) >= 2
     assert np.mean(trainer.step_losses[-6:]) < np.mean(trainer.step_losses[:6]), trainer.step_losses
     # the backbone is frozen: every non-LoRA weight of the trained model equals the checkpoint's
-    live = {k.replace(".base.", "."): v for k, v in trainer.enc.backbone.state_dict().items() if "lora_" not in k}
+    live = {k.replace(".base.", "."): v for k, v in trainer.enc.module.state_dict().items() if "lora_" not in k}
     assert before.keys() <= live.keys()
     for key, value in before.items():
         assert torch.equal(live[key], value), key
@@ -95,7 +81,7 @@ def test_loss_falls_backbone_frozen_and_output_loads(tiny_encoder, pairs_file, t
         assert np.max(np.abs(a - bare.encode(texts, task=task))) > 1e-3  # the adapter does something
     shared = onnx_m.model.backbone.shared
     assert len(shared) == 1 and "word_embeddings" in next(iter(shared)), list(shared)
-    assert onnx_m.model.backbone.shared and onnx_m.model._task_graphs.graphs["code"].shared
+    assert onnx_m.model.backbone.shared and onnx_m.model.task_graphs.graphs["code"].shared
     # a task without an adapter runs the bare backbone, on both backends, also in a mixed batch
     mixed = ["retrieval.query", "code.query"]
     for m in (torch_m, onnx_m):
@@ -193,20 +179,10 @@ def test_builders_hold_out_evaluation_data():
 def test_cached_gradient_micro_batches_match_the_full_batch(tiny_encoder, pairs_file, tmp_path):
     """--micro-batch (GradCache) gives the same loss and the same gradients as one full batch."""
     from omnivec.train import Trainer
-    results = []
-    for micro in (None, 3):
-        t = Trainer(_config(tiny_encoder, pairs_file, tmp_path / f"m{micro}", micro_batch=micro), progress=False)
-        t._setup()
-        batch = [t.train_rows[i] for i in range(8)]
-        t._step(batch)                         # one step first: LoRA B leaves zero, so A gets gradients too
-        parts = t._step(batch)
-        grads = [p.grad.clone() for g in t.optimizer.param_groups for p in g["params"]]
-        results.append((parts["loss"], grads))
-    (loss_a, a), (loss_b, b) = results
-    assert loss_a == pytest.approx(loss_b, rel=1e-5)
-    assert len(a) == len(b) and any(float(g.abs().max()) > 0 for g in a)
-    for ga, gb in zip(a, b):
-        assert torch.allclose(ga, gb, rtol=1e-3, atol=1e-6)
+    assert_micro_batches_match_full_batch(
+        lambda micro: Trainer(_config(tiny_encoder, pairs_file, tmp_path / f"m{micro}", micro_batch=micro),
+                              progress=False),
+        lambda t: [t.train_rows[i] for i in range(8)])
 
 
 def test_cli_train_writes_a_loadable_folder(tiny_encoder, pairs_file, tmp_path):

@@ -92,15 +92,15 @@ def test_matryoshka_sums_truncated_renormalised_losses():
 
 
 def test_false_negatives_are_hidden_by_group_and_identity():
-    from omnivec.train.trainer import _false_negatives
+    from omnivec.train.common import false_negatives
     batch = [{"q": [1, 2], "pos": [3], "negs": [[9]], "group": "a"},
              {"q": [3], "pos": [1, 2], "negs": [], "group": None},      # the same pair, reversed
              {"q": [5], "pos": [6], "negs": [], "group": "a"},          # another translation of "a"
              {"q": [7], "pos": [8], "negs": [], "group": None}]
-    hide = _false_negatives(batch)
+    hide = false_negatives(batch)
     assert hide.shape == (4, 5)
     assert hide.tolist() == [[False, True, True, False, False],
                              [True, False, False, False, False],
                              [True, False, False, False, False],
                              [False, False, False, False, False]]
-    assert _false_negatives([batch[3], {"q": [1], "pos": [2], "negs": [], "group": None}]) is None
+    assert false_negatives([batch[3], {"q": [1], "pos": [2], "negs": [], "group": None}]) is None

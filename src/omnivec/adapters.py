@@ -28,6 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 PEFT_PREFIX = "base_model.model."
+# omnivec's record beside an adapter folder: how each task was trained, and ``bare_tasks``
+# (tasks that deliberately run the bare backbone, e.g. e5's own retrieval training).
+ADAPTERS_META_FILE = "omnivec-adapters.json"
 _KEY_RE = re.compile(r"^(?P<path>.+?)\.lora_(?P<ab>[AB])\.(?:default\.)?(?P<task>[^.]+)\.weight$")
 
 

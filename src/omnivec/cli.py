@@ -135,9 +135,11 @@ def info(
         return
     table = Table(show_header=False)
     for key, value in data.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}: {v}" for k, v in value.items())
         table.add_row(key, ", ".join(map(str, value)) if isinstance(value, list) else str(value))
     Console().print(table)
-    if not m.model.supports_images:
+    if not m.model.capabilities.native_images:
         Console().print("[yellow]note:[/yellow] this model reads text only; images and PDF pages are "
                         "converted to text by OCR (rapidocr) and embedded as text.")
 
@@ -360,7 +362,8 @@ def train(
     data: str = typer.Option(..., "--data", help="JSONL ({query, positive, negatives?} or {text1, text2, score}) "
                                                "or a builder: stdlib-code | django-parallel."),
     out: Path = typer.Option(Path("adapters"), "--out", "-o", help="Adapter folder (other tasks in it are kept)."),
-    base: Optional[str] = typer.Option(None, "--base", help="Backbone (default: the embedded default model)."),
+    base: Optional[str] = typer.Option(None, "--base", help="Backbone: the embedded default model (default), an "
+                                       "encoder directory or a jina-embeddings-v4 checkpoint directory."),
     loss: str = typer.Option("joint", "--loss", help="joint (dense + MaxSim InfoNCE + KL) | infonce | cosent."),
     epochs: float = typer.Option(1.0, "--epochs"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimiser steps."),
@@ -368,14 +371,15 @@ def train(
     micro_batch: Optional[int] = typer.Option(None, "--micro-batch",
                                               help="Cached-gradient chunk size: big batches on small memory."),
     lr: float = typer.Option(5e-4, "--lr"),
-    rank: int = typer.Option(8, "--rank", help="LoRA rank."),
-    alpha: float = typer.Option(16.0, "--alpha", help="LoRA alpha."),
+    rank: int = typer.Option(8, "--rank", help="LoRA rank of new adapters (encoders; jina-v4 trains its own LoRA)."),
+    alpha: float = typer.Option(16.0, "--alpha", help="LoRA alpha of new adapters (encoders)."),
     temperature: float = typer.Option(0.05, "--temperature", help="InfoNCE temperature (paper: 0.02 for code)."),
     matryoshka: Optional[str] = typer.Option(None, "--matryoshka", help="Dims summed in the loss, e.g. 384,256,128,64."),
-    multivector_dim: int = typer.Option(128, "--multivector-dim", help="Projector output size."),
+    multivector_dim: int = typer.Option(128, "--multivector-dim", help="Projector output size (encoders)."),
     train_projector: Optional[bool] = typer.Option(None, "--train-projector/--freeze-projector",
                                                    help="Default: train it when the folder has none yet."),
-    val_fraction: float = typer.Option(0.05, "--val-fraction", help="Hold-out of the training data for checkpoints."),
+    val_fraction: float = typer.Option(0.05, "--val-fraction", help="Hold-out of the training data for checkpoints "
+                                       "(0: no hold-out, the last step is kept)."),
     eval_every: int = typer.Option(50, "--eval-every"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:

@@ -1,8 +1,9 @@
-"""Embedder: the one pipeline every consumer (library, server, index, eval, train) goes through.
+"""Embedder: the one pipeline every consumer (library, server, index, eval) goes through.
 
-parse inputs -> prepare each on the CPU (prompt, tokenise, resize) -> plan batches by token
-budget, longest first -> model forward (per-row task adapters) -> truncate, normalise,
-convert precision -> results in input order.
+parse inputs -> processor.prepare on the CPU (prompt, tokenise, resize) -> plan batches by token
+budget, longest first -> :meth:`Embedder.run_batch` (backbone token states with per-row task
+adapters, then the shared heads) -> Matryoshka cut, normalise, precision -> results in input
+order. ``late_chunking=True`` runs the texts through :mod:`omnivec.late_chunking` instead.
 """
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 import torch
 
-from . import outputs
+from . import heads, late_chunking, outputs
 from .batching import plan_batches
+from .execution import run_batch
 from .inputs import PDF, Image, InputError, InputLimits, parse_inputs
 from .models.base import EmbeddingModel, ForwardOutput, Prepared, PrepareOptions
 from .scoring import score as _score
@@ -76,11 +78,14 @@ class Embedder:
               prompt_name: str | None = None, dimensions: int | None = None, normalize: bool = True,
               dense: bool = True, multivector: bool = False, max_tokens: int | None = None,
               truncate: bool = True, max_pixels: int | None = None, batch_size: int | None = None,
-              progress: bool | None = None, limits: InputLimits | None = None) -> EmbedResult:
+              progress: bool | None = None, limits: InputLimits | None = None,
+              late_chunking: bool = False) -> EmbedResult:
         """Dense and/or multi-vector embeddings from one forward pass per batch.
 
         ``task`` is one task for all inputs or a list with one per input. ``dimensions`` applies
-        to dense vectors only (Matryoshka: slice, then re-normalise).
+        to dense vectors only (Matryoshka: slice, then re-normalise). ``late_chunking=True``
+        (texts, dense, one task): the inputs are embedded in each other's context, see
+        :mod:`omnivec.late_chunking`; ``tokens`` then counts each input's share of the window.
         """
         outputs.check_dimensions(dimensions, self.model.dim, self.model.matryoshka_dims)
         if not dense and not multivector:
@@ -94,6 +99,9 @@ class Embedder:
             inputs = [inputs]
         n_inputs = _length(inputs)
         tasks = resolve_tasks(task, n_inputs, prompt_name)
+        if late_chunking:
+            return self._late_chunked(list(inputs), tasks, multivector=multivector, dimensions=dimensions,
+                                      normalize=normalize, truncate=truncate, max_tokens=max_tokens)
         options = PrepareOptions(max_tokens=max_tokens, truncate=truncate, max_pixels=max_pixels)
         limits = limits or self.limits
         prepared: list[Prepared] = []
@@ -116,8 +124,8 @@ class Embedder:
                                        max_rows=batch_size or self.max_batch_rows, padded=self.model.padded,
                                        overhead_tokens=self.model.batch_overhead_tokens)
                 for batch in batches:
-                    out = self.model.forward([chunk_prepared[i] for i in batch], dense=dense,
-                                             multivector=multivector)
+                    out = self.run_batch([chunk_prepared[i] for i in batch], dense=dense,
+                                         multivector=multivector)
                     pending.append(out)
                     for row, i in enumerate(batch):
                         if dense:
@@ -132,11 +140,41 @@ class Embedder:
         if dense:
             stacked = (torch.stack(dense_rows).float().numpy() if prepared
                        else np.zeros((0, self.model.dim), np.float32))
-            dense_out = outputs.truncate_normalize(stacked, dimensions, normalize)
+            dense_out = heads.matryoshka(stacked, dimensions, normalize)
         multi_out = [m.float().numpy() for m in multi_rows] if multivector else None
         return EmbedResult(dense=dense_out, multivector=multi_out, origins=origins,
                            tokens=[p.cost for p in prepared], kinds=[p.kind for p in prepared],
                            truncated=[p.truncated for p in prepared])
+
+    def run_batch(self, batch: Sequence[Prepared], *, dense: bool = True,
+                  multivector: bool = False) -> ForwardOutput:
+        """One planned batch through backbone + heads (the server engine's forward, too)."""
+        return run_batch(self.model, batch, dense=dense, multivector=multivector)
+
+    def late_chunk(self, texts: Sequence[str], task: TaskSpec, *, truncate: bool = True,
+                   max_tokens: int | None = None) -> tuple[np.ndarray, list[int]]:
+        """Raw late-chunked vectors (n, dim) and tokens per input (see :mod:`omnivec.late_chunking`)."""
+        if not self.model.capabilities.late_chunking:
+            raise ValueError(f"late_chunking is not supported by the {self.model.family} family")
+        layout = late_chunking.plan(self.model.processor, texts, task, truncate=truncate, max_tokens=max_tokens)
+        return late_chunking.embed(self.model, layout, batch_tokens=self.batch_tokens), layout.tokens
+
+    def _late_chunked(self, inputs: list[Any], tasks: list[TaskSpec], *, multivector: bool,
+                      dimensions: int | None, normalize: bool, truncate: bool,
+                      max_tokens: int | None) -> EmbedResult:
+        if multivector:
+            raise ValueError("late_chunking gives dense vectors only (multivector=False)")
+        if len(set(tasks)) > 1:
+            raise ValueError("late_chunking embeds its inputs in one context: give one task for all")
+        bad = next((i for i, x in enumerate(inputs) if not isinstance(x, str)), None)
+        if bad is not None:
+            raise InputError(bad, "late_chunking works on text inputs only")
+        if not inputs:
+            return EmbedResult(np.zeros((0, self.model.dim), np.float32), None, [], [], [], [])
+        dense, tokens = self.late_chunk(inputs, tasks[0], truncate=truncate, max_tokens=max_tokens)
+        n = len(inputs)
+        return EmbedResult(dense=heads.matryoshka(dense, dimensions, normalize), multivector=None,
+                           origins=list(range(n)), tokens=tokens, kinds=["text"] * n, truncated=[False] * n)
 
     def encode(self, inputs: Any, task: str | TaskSpec | Sequence[str | TaskSpec] = "text-matching", *,
                prompt_name: str | None = None, dimensions: int | None = None, normalize: bool = True,

@@ -1,4 +1,4 @@
-"""Post-processing of pooled vectors: Matryoshka truncation, normalisation, precision, base64.
+"""Output encodings of vectors: precision and base64 (the Matryoshka cut is in :mod:`omnivec.heads`).
 
 Precisions follow the conventions clients already use:
 - ``float32`` / ``float16``: plain floats.
@@ -29,17 +29,6 @@ def check_dimensions(dimensions: int | None, full_dim: int, allowed: Sequence[in
     if not 1 <= dimensions <= full_dim:
         raise ValueError(f"dimensions={dimensions} is out of range; allowed: 1..{full_dim}"
                          + (f" (trained Matryoshka sizes: {list(allowed)})" if allowed else ""))
-
-
-def truncate_normalize(vectors: np.ndarray, dimensions: int | None = None,
-                       normalize: bool = True) -> np.ndarray:
-    """Keep the first ``dimensions`` components, then L2-normalise each row (Matryoshka)."""
-    out = vectors[:, :dimensions] if dimensions else vectors
-    out = np.ascontiguousarray(out, dtype=np.float32)
-    if normalize:
-        norms = np.linalg.norm(out, axis=-1, keepdims=True)
-        out = out / np.maximum(norms, 1e-12)
-    return out
 
 
 def int8_scale(dim: int) -> float:

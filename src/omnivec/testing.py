@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from torch import nn
+
+from .models.base import Capabilities, EmbeddingModel, Prepared, Processor, TaskTable, TokenStates
 
 # Qwen2.5-VL's added tokens from id 151643 on: (content, special)
 QWEN25VL_ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
@@ -338,3 +341,125 @@ def make_tiny_jina_v4(path: str | Path, seed: int = 0, *, layout: Literal["old",
                                r=r, alpha=alpha, device="cpu", dtype=dtype, max_pixels=max_pixels,
                                layout=layout, adapter_prefix=adapter_prefix, weight_std=0.05,
                                lora_b_std=0.05)
+
+
+# ------------------------------------------------------------------------------ fake family
+class FakeProcessor(Processor):
+    """A word-level processor: ``[CLS] prompt words [SEP]``; ids are handed out per new word.
+
+    Why: contract and server tests need a family whose every step is cheap and predictable
+    (a text costs ``words + 2`` tokens) yet goes through the same seam as the real ones.
+    """
+
+    CLS, SEP = 0, 1
+
+    def __init__(self, prompts: dict[str, str] | None = None, adapters: tuple[str, ...] = TASK_NAMES) -> None:
+        import threading
+
+        self.prompts = dict(prompts or {})
+        self.tasks = TaskTable(adapters=adapters)
+        self.max_tokens = 64
+        self.words: list[str] = ["[CLS]", "[SEP]"]
+        self.ids: dict[str, int] = {}
+        self.lock = threading.Lock()    # prepare runs on several threads in the server
+
+    def _id(self, word: str) -> int:
+        with self.lock:
+            if word not in self.ids:
+                self.ids[word] = len(self.words)
+                self.words.append(word)
+            return self.ids[word]
+
+    def text_ids(self, text: str) -> list[int]:
+        return [self._id(w) for w in text.split()]
+
+    def prompted_ids(self, text: str, task) -> list[int]:
+        return self.text_ids(f"{self.prompts.get(task.prompt, '')} {text}")
+
+    def special_ids(self) -> tuple[list[int], list[int]]:
+        return [self.CLS], [self.SEP]
+
+    def decode(self, ids) -> str:
+        return " ".join(self.words[i] for i in ids if i > self.SEP)
+
+    def token_strings(self, ids) -> list[str]:
+        return [self.words[i] for i in ids]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.words)
+
+    def prepare(self, item, task, options):
+        """Texts, and images read as the word ``image`` (like an OCR family)."""
+        from PIL import Image as PILImage
+
+        self.tasks.adapter_for(task)
+        kind = "text"
+        if isinstance(item, PILImage.Image):
+            kind, item = "image", "image"
+        elif not isinstance(item, str):
+            raise ValueError(f"fake embeds text and images, got {type(item).__name__}")
+        ids = [self.CLS] + self.prompted_ids(item, task) + [self.SEP]
+        limit = min(options.max_tokens or self.max_tokens, self.max_tokens)
+        truncated = len(ids) > limit
+        if truncated:
+            if not options.truncate:
+                raise ValueError(f"input has {len(ids)} tokens but the limit is {limit} (truncate=False)")
+            ids = ids[:limit - 1] + [self.SEP]
+        return Prepared(kind=kind, task=task, input_ids=ids, truncated=truncated)
+
+
+def _fake_vector(key: str, dim: int) -> torch.Tensor:
+    import zlib
+    g = torch.Generator().manual_seed(zlib.crc32(key.encode("utf-8")))
+    return torch.randn(dim, generator=g)
+
+
+class FakeModel(EmbeddingModel):
+    """A fake model family: token state = word vector + half the row's mean (context) + task vector.
+
+    Context makes late chunking differ from embedding alone; ``delay`` seconds per forward and
+    the ``forwards`` / ``max_concurrent`` counters let server tests watch the engine.
+    """
+
+    name = "fake"
+    family = "fake"
+    capabilities = Capabilities(native_images=False, late_chunking=True, token_ids=True, trainable=False)
+
+    def __init__(self, *, delay: float = 0.0, dim: int = 8, prompts: dict[str, str] | None = None,
+                 adapters: tuple[str, ...] = TASK_NAMES) -> None:
+        import threading
+        self.processor = FakeProcessor(prompts, adapters)
+        self.dim = self.multivector_dim = dim
+        self.matryoshka_dims = (dim // 2, dim)
+        self.delay = delay
+        self.forwards: list[int] = []
+        self.lock = threading.Lock()
+        self.concurrent = 0
+        self.max_concurrent = 0
+        self._projector = nn.Linear(dim, dim, bias=False)
+        with torch.no_grad():
+            self._projector.weight.copy_(torch.eye(dim))
+
+    @property
+    def projector(self) -> nn.Module:
+        return self._projector
+
+    def token_states(self, batch, *, grad: bool = False) -> TokenStates:
+        import time
+        with self.lock:
+            self.concurrent += 1
+            self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        try:
+            time.sleep(self.delay)
+            self.forwards.append(len(batch))
+            rows = []
+            for p in batch:
+                words = torch.stack([_fake_vector(self.processor.words[i], self.dim) for i in p.input_ids])
+                task = self.processor.tasks.adapter_for(p.task)
+                shift = _fake_vector(f"task:{task}", self.dim) * 0.5 if task else 0.0
+                rows.append(words + 0.5 * words.mean(0) + shift)
+            return TokenStates(torch.cat(rows), [p.cost for p in batch], [-1] * len(batch))
+        finally:
+            with self.lock:
+                self.concurrent -= 1

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .. import outputs
+from .. import heads
 from ..inputs import Image
 from ..scoring import dense_scores, maxsim_scores
 from .bm25 import bm25_rank
@@ -102,8 +102,8 @@ def evaluate_dataset(embedder: Any, ds: RetrievalDataset, settings: EvalSettings
     result["timings_s"]["embed"] = round(time.perf_counter() - t, 2)
     prefix = "image→model" if ds.visual else "dense"
     for d in dims:
-        sims = dense_scores(outputs.truncate_normalize(q_enc.dense, d, True),
-                            outputs.truncate_normalize(d_enc.dense, d, True))
+        sims = dense_scores(heads.matryoshka(q_enc.dense, d, True),
+                            heads.matryoshka(d_enc.dense, d, True))
         score(f"{prefix}@{d}", ranking(sims, settings.depth))
     if settings.multivector:
         t = time.perf_counter()
@@ -120,7 +120,7 @@ def evaluate_dataset(embedder: Any, ds: RetrievalDataset, settings: EvalSettings
 def _maxsim_rank(q: _Encoded, d: _Encoded, settings: EvalSettings) -> np.ndarray:
     if len(d.multi) <= settings.full_maxsim_max_docs:
         return ranking(maxsim_scores(q.multi, d.multi), settings.depth)
-    full = outputs.truncate_normalize(q.dense, None, True) @ outputs.truncate_normalize(d.dense, None, True).T
+    full = heads.matryoshka(q.dense, None, True) @ heads.matryoshka(d.dense, None, True).T
     cands = ranking(full, settings.depth)
     out = np.empty_like(cands)
     for i, row in enumerate(cands):
@@ -152,7 +152,7 @@ def _baselines(embedder: Any, ds: RetrievalDataset, settings: EvalSettings, cach
         t = time.perf_counter()
         d_enc = _encode(embedder, texts, p_task, False, cache)
         q_enc = _encode(embedder, q_texts, q_task, False, cache)
-        sims = dense_scores(outputs.truncate_normalize(q_enc.dense, None, True),
-                            outputs.truncate_normalize(d_enc.dense, None, True))
+        sims = dense_scores(heads.matryoshka(q_enc.dense, None, True),
+                            heads.matryoshka(d_enc.dense, None, True))
         score(f"ocr+text-model@{embedder.dim}", ranking(sims, settings.depth))
         result["timings_s"]["ocr_text_embed"] = round(time.perf_counter() - t, 2)

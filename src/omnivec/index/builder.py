@@ -80,14 +80,9 @@ def record_id(path: str, ordinal: int) -> str:
 
 
 def token_counter(embedder: "Embedder") -> Callable[[str], int]:
-    """Counts tokens with the model's own tokenizer, so chunks fit its window as planned."""
-    tok = getattr(embedder.model, "tokenizer", None)
-    if tok is not None and hasattr(tok, "encode"):
-        def count(text: str) -> int:
-            enc = tok.encode(text, add_special_tokens=False)
-            return len(enc.ids) if hasattr(enc, "ids") else len(enc)
-        return count
-    return lambda text: max(1, round(len(text.split()) * 1.3))   # rough words -> tokens
+    """Counts tokens with the model's own tokenizer (the processor's), so chunks fit its window."""
+    processor = embedder.model.processor
+    return lambda text: len(processor.text_ids(text))
 
 
 class FolderSync:
@@ -104,7 +99,7 @@ class FolderSync:
         self._count_tokens = token_counter(model)
         # Text-only models read images through OCR; doing it here instead of inside the model
         # gives the same vectors and keeps the text for BM25 and snippets.
-        self._reads_images = bool(getattr(model.model, "supports_images", True))
+        self._reads_images = model.model.capabilities.native_images
 
     def run(self, root: Path, progress: bool | None = None) -> IndexSummary:
         """Make the store hold exactly the indexable files of ``root`` (an existing folder)."""
@@ -140,7 +135,7 @@ class FolderSync:
             summary.removed += path in indexed
         with IndexProgress(len(todo), progress) as bar:
             self._embed_files(todo, indexed, summary, bar)
-        if (todo or summary.removed) and hasattr(self.store, "optimize"):
+        if todo or summary.removed:
             self.store.optimize()           # LanceDB: compact the many small commits
         summary.seconds = time.perf_counter() - start
         return summary
@@ -150,7 +145,7 @@ class FolderSync:
         """Read files in order, embed their items in calls spanning files, commit each finished file."""
         from .ingest import IngestError, read_items
 
-        per_call = max(1, int(getattr(self.model, "max_batch_rows", 64)))
+        per_call = max(1, int(self.model.max_batch_rows))
         pending: list[_FileJob] = []
         buffer: list[tuple[_FileJob, int]] = []
 
@@ -221,11 +216,7 @@ class FolderSync:
         ready = [j for j in pending if not j.failed and j.complete]
         if ready:
             batch = [(j.path, j.file_hash, self._records(j)) for j in ready]
-            if hasattr(self.store, "commit_files"):
-                self.store.commit_files(batch)
-            else:
-                for path, digest, records in batch:
-                    self.store.commit_file(path, digest, records)
+            self.store.commit_files(batch)
             bar.files_done(len(ready))
         return [j for j in pending if not j.failed and not j.complete]
 

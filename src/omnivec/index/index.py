@@ -250,7 +250,7 @@ class Index:
     def _maxsim(self, q_dense: np.ndarray, q_multi: np.ndarray, k: int,
                 candidates: int) -> list[tuple[Record, dict[str, float]]]:
         """Two-stage: dense top-``candidates``, reordered by MaxSim (the store's own when it has one)."""
-        if hasattr(self.store, "search_maxsim"):
+        if self.store.native_maxsim:
             pairs = self.store.search_maxsim(q_multi, k, candidates, q_dense)
             return [(r, {**({"dense": float(np.dot(r.dense, q_dense))} if r.dense is not None else {}),
                          "maxsim": s}) for r, s in pairs]

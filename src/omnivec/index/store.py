@@ -22,9 +22,20 @@ class Store(Protocol):
 
     dim: int                     # dense size
     multivector_dim: int | None  # None: the index holds no multi-vectors
+    native_maxsim: bool          # True: search_maxsim runs the two-stage MaxSim inside the store
 
     def commit_file(self, path: str, file_hash: str, records: Sequence[Record]) -> None:
         """Replace everything stored for ``path`` by ``records`` and mark it indexed (atomic per file)."""
+
+    def commit_files(self, files: Sequence[tuple[str, str, Sequence[Record]]]) -> None:
+        """:meth:`commit_file` for several ``(path, hash, records)`` in one store call."""
+
+    def optimize(self) -> None:
+        """Compact after a sync (a no-op where the store does it itself)."""
+
+    def search_maxsim(self, query_tokens: np.ndarray, k: int, prefetch: int,
+                      dense_query: np.ndarray) -> list[tuple[Record, float]]:
+        """Dense top-``prefetch`` reranked by MaxSim, best ``k`` (only when ``native_maxsim``)."""
 
     def delete_file(self, path: str) -> None:
         """Drop the records and the marker of ``path`` (no error when absent)."""

@@ -1,38 +1,95 @@
-"""The contract between the Embedder pipeline and a model family.
+"""The contract of a model family: a processor, a backbone, and the shared heads.
 
-A family does two things: ``prepare`` one input on the CPU (tokenise, prompt, resize) into a
-:class:`Prepared` whose ``cost`` (tokens, image tokens included) drives batch planning, and
-``forward`` a batch of them into dense pooled vectors and/or per-token multi-vectors. Everything
-else (parsing, batching, truncation, normalisation, precision) is shared and lives elsewhere.
+A family is three public parts and nothing else is family specific:
+
+1. :class:`Processor` (CPU): turns one input + task into a typed :class:`Prepared` (token ids,
+   pixels + grid, the span dense pooling covers, the token count), and offers
+   ``count_tokens`` / ``decode`` / ``token_strings``, the special tokens around a text and the
+   prompt of each task (what late chunking needs), and the family's task table.
+2. :meth:`EmbeddingModel.token_states` (backbone): the only family-specific computation. It
+   runs a batch through the backbone, each row with its own task adapter, and returns packed
+   token states (all rows concatenated, no padding) with their row lengths.
+3. :mod:`omnivec.heads` (shared): pooling over each row's declared span, the multi-vector
+   projector, Matryoshka cut and normalisation.
+
+:func:`omnivec.execution.run_batch` is the one function that calls ``token_states`` and the
+heads for inference; training calls ``token_states(..., grad=True)`` and the same heads.
+Capabilities are declared as data (:class:`Capabilities`), never guessed from attributes.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import torch
+from torch import nn
 
-from ..tasks import TaskSpec
+from ..tasks import ADAPTERS, TaskSpec
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a family can do, declared (consumers branch on these, never on names or attributes)."""
+
+    native_images: bool = False    # images run through the backbone (else: OCR to text)
+    late_chunking: bool = False    # token states of concatenated texts can be pooled per span
+    token_ids: bool = False        # inputs given as token ids of the model's vocabulary are accepted
+    trainable: bool = False        # task adapters can be trained on this backbone (torch, gradients)
+
 
 @dataclass
 class Prepared:
-    """One input after CPU preprocessing, ready to be batched."""
+    """One input after CPU preprocessing, ready to be batched (typed fields, no family dict).
+
+    ``pool_start:pool_end`` is the token span dense pooling averages over (the family's rule:
+    every token of a text; ``<|vision_start|>`` .. ``<|vision_end|>`` of a jina-v4 image).
+    """
 
     kind: Literal["text", "image"]
     task: TaskSpec
-    cost: int                      # tokens the backbone will process (image tokens included)
-    data: dict[str, Any] = field(default_factory=dict)   # family specific (ids, pixels, grid ...)
+    input_ids: list[int]
+    pool_start: int = 0
+    pool_end: int | None = None            # None: to the end of the row
     truncated: bool = False
+    pixels: torch.Tensor | None = None     # image rows: patchified pixel values
+    grid: torch.Tensor | None = None       # image rows: (1, 3) temporal/height/width patch grid
+    positions: torch.Tensor | None = None  # precomputed (3, n) M-RoPE positions (packed jina-v4)
+    ocr_text: str | None = None            # image rows of text-only families: the text read
+
+    @property
+    def cost(self) -> int:
+        """Tokens the backbone processes for this row (image tokens included)."""
+        return len(self.input_ids)
+
+    @property
+    def pool_span(self) -> tuple[int, int]:
+        return self.pool_start, len(self.input_ids) if self.pool_end is None else self.pool_end
+
+
+@dataclass
+class TokenStates:
+    """Last-layer states of a batch, packed: row ``i`` is ``states[offsets[i]:offsets[i+1]]``."""
+
+    states: torch.Tensor                   # (sum of lengths, hidden), on the model's device
+    lengths: list[int]
+    row_tasks: list[int]                   # adapter index of each row in the model's router (-1: none)
+
+    @property
+    def offsets(self) -> list[int]:
+        out = [0]
+        for n in self.lengths:
+            out.append(out[-1] + n)
+        return out
 
 
 @dataclass
 class ForwardOutput:
-    """Per-row results of one batch, in batch order, float32 on the CPU."""
+    """Per-row results of one batch, in batch order, float32 on the host."""
 
     dense: torch.Tensor | None            # (B, dim), pooled, NOT normalised
     multivector: list[torch.Tensor] | None  # B tensors (n_tokens_i, mv_dim), per-token L2-normalised
-    # GPU families copy results to the host asynchronously (the next batch is queued meanwhile);
+    # GPU results are copied to the host asynchronously (the next batch is queued meanwhile);
     # ``wait()`` blocks until the copies have landed. Call it before reading the tensors.
     ready: Any = None
 
@@ -52,17 +109,122 @@ class PrepareOptions:
     max_pixels: int | None = None          # image resize budget (None: the model's default)
 
 
+class UnknownTaskAdapter(ValueError):
+    """A task whose adapter this model does not have (the message names both sides)."""
+
+
+@dataclass(frozen=True)
+class TaskTable:
+    """Which LoRA adapter each task runs through, and which tasks run the bare backbone.
+
+    One rule for every family: a model with no task adapters runs every task on its bare
+    backbone; a model with adapters runs each task through its own, runs the tasks listed in
+    ``bare`` (declared by the adapter folder, e.g. e5's own retrieval training) on the bare
+    backbone, and refuses any other task with :class:`UnknownTaskAdapter`.
+    """
+
+    adapters: tuple[str, ...] = ()
+    bare: tuple[str, ...] = ()
+
+    def adapter_for(self, task: TaskSpec) -> str | None:
+        """The adapter ``task`` runs through (None: the bare backbone), or a clear error."""
+        if task.adapter in self.adapters:
+            return task.adapter
+        if not self.adapters or task.adapter in self.bare:
+            return None
+        raise UnknownTaskAdapter(
+            f"task {task.api_name!r} needs the {task.adapter!r} adapter, which this model does not have; "
+            f"adapters available: {list(self.adapters)}"
+            + (f", bare-backbone tasks: {list(self.bare)}" if self.bare else ""))
+
+    def describe(self) -> dict[str, str]:
+        """Per task adapter name: ``"adapter"``, ``"bare backbone"`` or ``"unavailable"``."""
+        names = list(dict.fromkeys(list(ADAPTERS) + list(self.adapters)))
+        out = {}
+        for name in names:
+            if name in self.adapters:
+                out[name] = "adapter"
+            elif not self.adapters or name in self.bare:
+                out[name] = "bare backbone"
+            else:
+                out[name] = "unavailable"
+        return out
+
+
+class Processor(ABC):
+    """CPU side of a family: inputs -> :class:`Prepared`, and the tokenizer's public facts."""
+
+    max_tokens: int = 512
+    tasks: TaskTable = TaskTable()
+
+    @abstractmethod
+    def prepare(self, item: Any, task: TaskSpec, options: PrepareOptions) -> Prepared:
+        """Prompt + tokenise a text, or resize + patchify an image (or OCR it)."""
+
+    @abstractmethod
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` alone: no prompt, no special tokens."""
+
+    @abstractmethod
+    def prompted_ids(self, text: str, task: TaskSpec) -> list[int]:
+        """Token ids of ``task``'s prompt followed by ``text``, tokenised together (no specials)."""
+
+    @abstractmethod
+    def special_ids(self) -> tuple[list[int], list[int]]:
+        """The special tokens the family puts before and after every text (e.g. [CLS], [SEP])."""
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of token ids (special tokens skipped)."""
+
+    @abstractmethod
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        """The vocabulary entry of each id (what ``return_tokenized_input`` shows)."""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Ids ``0 .. vocab_size - 1`` are valid token-id input."""
+
+    def count_tokens(self, text: str, task: TaskSpec) -> int:
+        """Tokens a text costs with its prompt and special tokens (before any truncation)."""
+        head, tail = self.special_ids()
+        return len(head) + len(self.prompted_ids(text, task)) + len(tail)
+
+    def text_row(self, ids: list[int], task: TaskSpec, *, truncated: bool = False) -> Prepared:
+        """A text row from ready ids (prompt and specials included); pooled over every token."""
+        return Prepared(kind="text", task=task, input_ids=ids, truncated=truncated)
+
+
+class FastTokenizerProcessor(Processor):
+    """A processor around a ``tokenizers.Tokenizer`` (``self.tokenizer``, truncation/padding off)."""
+
+    tokenizer: Any
+
+    def text_ids(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        return [self.tokenizer.id_to_token(int(i)) or "" for i in ids]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.tokenizer.get_vocab_size())
+
+
 class EmbeddingModel(ABC):
-    """Base class of every model family."""
+    """Base class of every model family: processor + backbone ``token_states`` + projector."""
 
     name: str = "model"
     family: str = "base"
+    capabilities: Capabilities = Capabilities()
+    processor: Processor
     dim: int
     multivector_dim: int
     matryoshka_dims: tuple[int, ...] = ()
-    adapters: tuple[str, ...] = ()            # task adapters available (LoRA), may be empty
-    max_tokens: int = 512
-    supports_images: bool = False              # natively (VLM); encoders OCR images to text
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
     batch_tokens: int = 8192                   # default token budget of one forward pass
@@ -70,15 +232,37 @@ class EmbeddingModel(ABC):
     padded: bool = True                        # True: a batch costs rows x longest row
     batch_overhead_tokens: int = 0             # fixed cost of one forward, in tokens (0: greedy plan)
     prepare_threads: int = 1                   # CPU threads for prepare() (must be thread-safe if > 1)
+    # Linear layers (name suffixes) a new task adapter wraps; empty: tasks come with the checkpoint
+    lora_targets: tuple[str, ...] = ()
 
     @abstractmethod
+    def token_states(self, batch: Sequence[Prepared], *, grad: bool = False) -> TokenStates:
+        """Packed last-layer states of ``batch``, each row through its task's adapter.
+
+        ``grad=True`` keeps the autograd graph (training); families that cannot train raise.
+        """
+
+    @property
+    @abstractmethod
+    def projector(self) -> nn.Module:
+        """The multi-vector head: hidden -> ``multivector_dim`` (task LoRA routed per token if any)."""
+
+    def trainable_module(self) -> nn.Module:
+        """The torch module tree whose LoRA layers training attaches, trains and saves."""
+        raise NotImplementedError(f"the {self.family} family cannot be trained")
+
+    @property
+    def max_tokens(self) -> int:
+        return self.processor.max_tokens
+
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """Task adapters available (LoRA), may be empty."""
+        return self.processor.tasks.adapters
+
     def prepare(self, item: Any, task: TaskSpec, options: PrepareOptions) -> Prepared:
-        """CPU preprocessing of one input (``str`` or RGB ``PIL.Image``)."""
-
-    @abstractmethod
-    def forward(self, batch: list[Prepared], *, dense: bool = True,
-                multivector: bool = False) -> ForwardOutput:
-        """Run the backbone (with per-row task adapters) and the heads on one batch."""
+        """Shorthand for ``self.processor.prepare``."""
+        return self.processor.prepare(item, task, options)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -90,8 +274,11 @@ class EmbeddingModel(ABC):
             "multivector_dim": self.multivector_dim,
             "matryoshka_dims": list(self.matryoshka_dims),
             "adapters": list(self.adapters),
+            "task_adapters": self.processor.tasks.describe(),
             "max_tokens": self.max_tokens,
-            "images": "native" if self.supports_images else "OCR to text",
+            "images": "native" if self.capabilities.native_images else "OCR to text",
+            "late_chunking": self.capabilities.late_chunking,
+            "trainable": self.capabilities.trainable,
         }
 
 

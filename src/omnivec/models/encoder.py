@@ -10,8 +10,8 @@ and the projector are the same code on both backends.
 Example::
 
     m = EncoderModel.from_directory(materialize_e5())
-    p = m.prepare("hello", TaskSpec("retrieval", "query"), PrepareOptions())
-    out = m.forward([p], dense=True, multivector=True)
+    p = m.processor.prepare("hello", TaskSpec("retrieval", "query"), PrepareOptions())
+    out = omnivec.execution.run_batch(m, [p], dense=True, multivector=True)
 """
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ from typing import Any, Literal, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image as PILImage
 from torch import nn
 
-from ..tasks import TaskSpec
-from .base import EmbeddingModel, ForwardOutput, Prepared, PrepareOptions, pick_device
+from ..adapters import ADAPTERS_META_FILE
+from .base import Capabilities, EmbeddingModel, Prepared, TaskTable, TokenStates, pick_device
+from .encoder_processing import EncoderProcessor
 
 PROJECTOR_FILE = "multivector_projector.safetensors"
 Backend = Literal["torch", "onnx"]
@@ -215,18 +215,21 @@ def choose_backend(path: Path, device: torch.device, dtype: torch.dtype | None,
 
 
 class EncoderModel(EmbeddingModel):
-    """A BERT-style encoder with prompts, mean pooling and a multi-vector projector.
+    """A BERT-style encoder: :class:`EncoderProcessor`, a torch or ONNX backbone, a projector.
 
     ``matryoshka_dims`` lists suggested sizes, but any ``1 <= d <= dim`` is accepted: the
     family has no trained Matryoshka levels, so every prefix is equally (un)supported.
     """
 
     family = "encoder"
+    capabilities = Capabilities(native_images=False, late_chunking=True, token_ids=True, trainable=True)
+    # BERT-style names: attention q/k/v, attention output, FFN in and out (every Linear of a
+    # block), as the jina-v4 adapters cover every projection.
+    lora_targets = ("query", "key", "value", "dense")
 
-    def __init__(self, backbone: Any, tokenizer: Any, *, name: str, prompts: dict[str, str],
-                 max_tokens: int, pad_id: int, projector: nn.Linear | None = None,
-                 device: torch.device | None = None, dtype: torch.dtype = torch.float32,
-                 quantized: bool = False) -> None:
+    def __init__(self, backbone: Any, processor: EncoderProcessor, *, name: str,
+                 projector: nn.Linear | None = None, device: torch.device | None = None,
+                 dtype: torch.dtype = torch.float32, quantized: bool = False) -> None:
         """``backbone``: a transformers ``nn.Module``, or an :class:`OnnxBackbone` (CPU)."""
         from .encoder_onnx import OnnxBackbone
 
@@ -241,11 +244,8 @@ class EncoderModel(EmbeddingModel):
             # 8-128 tokens, e5-small, 2 cores: 6.0 ms + 0.17 ms/token on two threads (~36
             # tokens; the threads synchronise at every operator).
             self.batch_overhead_tokens = 36
-        self.tokenizer = tokenizer
+        self.processor = processor
         self.name = name
-        self.prompts = prompts
-        self.max_tokens = max_tokens
-        self.pad_id = pad_id
         self.device = device or torch.device("cpu")
         self.dtype = dtype
         self.quantized = quantized
@@ -254,10 +254,25 @@ class EncoderModel(EmbeddingModel):
         self.multivector_projector = proj.to(self.device).eval()
         self.multivector_dim = int(proj.out_features)
         self.matryoshka_dims = tuple(d for d in (32, 64, 128, 256, 512) if d < self.dim) + (self.dim,)
-        self.adapters: tuple[str, ...] = ()
         self.adapter_dir: Path | None = None
-        self._task_graphs: _TaskGraphs | None = None
-        self._n_special = tokenizer.num_special_tokens_to_add(False)
+        self.task_graphs: TaskGraphs | None = None
+
+    @property
+    def projector(self) -> nn.Module:
+        return self.multivector_projector
+
+    def trainable_module(self) -> nn.Module:
+        if self.backend != "torch":
+            raise ValueError("training needs the torch backend of the encoder (backend='torch')")
+        return self.backbone
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def pad_id(self) -> int:
+        return self.processor.pad_id
 
     @classmethod
     def from_directory(cls, path: str | Path, device: str | torch.device | None = None,
@@ -274,7 +289,9 @@ class EncoderModel(EmbeddingModel):
         dynamic int8 (:func:`quantize_int8`) on the torch one; e5-small stays at cosine >= 0.99.
         ``adapters``: a folder of trained task adapters (``omnivec train`` output: LoRA per task
         plus, optionally, a multi-vector projector), ``"auto"`` (the model directory's own), or
-        ``None`` for the bare backbone. Inputs whose task has no adapter run the bare backbone.
+        ``None`` for the bare backbone. Tasks follow :class:`~omnivec.models.base.TaskTable`:
+        a task without an adapter runs the bare backbone only when the folder declares it
+        (``bare_tasks`` in ``omnivec-adapters.json``), else it is refused.
         ``projector=False`` ignores any multi-vector projector: multi-vectors are then the raw
         normalised token states (hidden size, e.g. 384), larger but a little more exact.
         """
@@ -314,6 +331,7 @@ class EncoderModel(EmbeddingModel):
         hidden_size = int(config.hidden_size)
         mv_projector = _load_projector(path, hidden_size)
         tasks: tuple[str, ...] = ()
+        bare: tuple[str, ...] = ()
         if adapter_dir is not None:
             from ..adapters import load_adapters, read_adapter_config
             if (adapter_dir / PROJECTOR_FILE).is_file():
@@ -328,15 +346,17 @@ class EncoderModel(EmbeddingModel):
             elif has_lora:    # ONNX: one graph per task with the adapter merged into the weights, built on first use
                 cfg = read_adapter_config(adapter_dir)
                 tasks = tuple(cfg.get("task_names") or ())
+            bare = tuple(_read_json(adapter_dir / ADAPTERS_META_FILE).get("bare_tasks") or ())
         if not projector:
             mv_projector = identity_projector(hidden_size)
-        model = cls(backbone, tokenizer, name=meta.get("name") or path.name,
-                    prompts=load_prompts(path), max_tokens=_max_tokens(path, config, meta),
-                    pad_id=int(pad_id), projector=mv_projector, device=dev,
+        name = meta.get("name") or path.name
+        processor = EncoderProcessor(tokenizer, name=name, prompts=load_prompts(path),
+                                     max_tokens=_max_tokens(path, config, meta), pad_id=int(pad_id),
+                                     tasks=TaskTable(adapters=tasks, bare=bare))
+        model = cls(backbone, processor, name=name, projector=mv_projector, device=dev,
                     dtype=torch.float32 if quantize else dtype, quantized=quantize)
         if tasks and not isinstance(backbone, nn.Module):
-            model._task_graphs = _TaskGraphs(path, adapter_dir, quantize, model)
-        model.adapters = tasks
+            model.task_graphs = TaskGraphs(path, adapter_dir, quantize, backbone.shared)
         model.adapter_dir = adapter_dir
         return model
 
@@ -347,88 +367,46 @@ class EncoderModel(EmbeddingModel):
         info["adapter_dir"] = str(self.adapter_dir) if self.adapter_dir else None
         return info
 
-    # ---------------------------------------------------------------- prepare
-    def prepare(self, item: Any, task: TaskSpec, options: PrepareOptions) -> Prepared:
-        """Prompt + tokenise one text (or the OCR text of an image), truncating to the limit."""
-        kind = "text"
-        data: dict[str, Any] = {}
-        if isinstance(item, PILImage.Image):
-            from ..ocr import ocr_image
-            kind = "image"
-            item = ocr_image(item)
-            data["ocr_text"] = item
-        elif not isinstance(item, str):
-            raise ValueError(f"{self.name} embeds text (and images via OCR), got {type(item).__name__}")
-        limit = self.max_tokens if options.max_tokens is None else min(options.max_tokens, self.max_tokens)
-        if limit <= self._n_special:
-            raise ValueError(f"max_tokens={limit} leaves no room for text ({self._n_special} special tokens)")
-        enc = self.tokenizer.encode(self.prompts.get(task.prompt, "") + item, add_special_tokens=False)
-        n = len(enc.ids) + self._n_special
-        truncated = n > limit
-        if truncated:
-            if not options.truncate:
-                raise ValueError(f"input has {n} tokens but the limit is {limit} (truncate=False)")
-            enc.truncate(limit - self._n_special)
-        ids = self.tokenizer.post_process(enc).ids
-        data["input_ids"] = ids
-        return Prepared(kind=kind, task=task, cost=len(ids), data=data, truncated=truncated)
+    # ---------------------------------------------------------------- backbone
+    def token_states(self, batch: Sequence[Prepared], *, grad: bool = False) -> TokenStates:
+        """One padded pass (rows grouped by task on ONNX), returned packed (padding dropped)."""
+        lengths = [p.cost for p in batch]
+        ids, mask = pad_ids([p.input_ids for p in batch], self.pad_id)
+        names = [self.processor.tasks.adapter_for(p.task) for p in batch]
+        if grad and self.backend != "torch":
+            raise ValueError("training needs the torch backend of the encoder (backend='torch')")
+        with torch.enable_grad() if grad else torch.inference_mode():
+            hidden, row_tasks = self._padded_states(ids, mask, names)
+            states = hidden[torch.from_numpy(mask).to(hidden.device).bool()]
+        return TokenStates(states=states, lengths=lengths, row_tasks=row_tasks)
 
-    # ---------------------------------------------------------------- forward
-    def forward(self, batch: list[Prepared], *, dense: bool = True,
-                multivector: bool = False) -> ForwardOutput:
-        """One padded forward pass; mean-pooled dense rows and/or normalised token vectors."""
-        if not batch:
-            return ForwardOutput(torch.zeros(0, self.dim) if dense else None, [] if multivector else None)
-        lengths = [len(p.data["input_ids"]) for p in batch]
-        ids, mask = pad_ids([p.data["input_ids"] for p in batch], self.pad_id)
-        with torch.inference_mode():
-            hidden, attention = self.token_states(ids, mask, [p.task.adapter for p in batch])
-            out_dense = None
-            if dense:
-                m = attention.unsqueeze(-1).to(hidden.dtype)
-                summed = (hidden * m).sum(dim=1, dtype=torch.float32)
-                out_dense = (summed / m.sum(dim=1, dtype=torch.float32).clamp(min=1.0)).cpu()
-            out_multi = None
-            if multivector:
-                tokens = hidden[attention.bool()]                     # (sum n_i, hidden)
-                proj = self.multivector_projector
-                tokens = proj(tokens.to(proj.weight.dtype)).float()
-                tokens = torch.nn.functional.normalize(tokens, p=2, dim=-1).cpu()
-                out_multi = list(torch.split(tokens, lengths))
-        return ForwardOutput(out_dense, out_multi)
-
-    def token_states(self, ids: np.ndarray, mask: np.ndarray,
-                     adapters: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Last-layer states (B, L, hidden) and mask for padded ids, each row through its task's
-        adapter (``adapters[i]``; a task without one, or ``None``, runs the bare backbone)."""
-        names = [a if a in self.adapters else None for a in (adapters or [None] * len(ids))]
-        if not self.adapters or all(n is None for n in names):
-            return self._hidden_states(ids, mask)
+    def _padded_states(self, ids: np.ndarray, mask: np.ndarray,
+                       names: list[str | None]) -> tuple[torch.Tensor, list[int]]:
+        """(B, L, hidden) states, each row through its task's adapter, and the router indices."""
         if self.backend == "torch":
-            from ..adapters import task_routing
-            with task_routing(self.backbone, [-1 if n is None else self.adapters.index(n) for n in names]):
-                return self._hidden_states(ids, mask)
-        graphs = self._task_graphs
+            from ..adapters import get_router, task_routing
+            router = get_router(self.backbone)
+            known = router.task_names if router is not None else ()
+            row_tasks = [known.index(n) if n in known else -1 for n in names]
+            input_ids = torch.from_numpy(ids).to(self.device)
+            attention = torch.from_numpy(mask).to(self.device)
+            with task_routing(self.backbone, row_tasks if router is not None else None):
+                return self.backbone(input_ids=input_ids, attention_mask=attention).last_hidden_state, row_tasks
+        row_tasks = [-1] * len(names)       # the ONNX projector has no LoRA to route
+        if all(n is None for n in names):
+            return torch.from_numpy(self.backbone(ids, mask)), row_tasks
         hidden = np.zeros(ids.shape + (self.dim,), dtype=np.float32)
         for name in dict.fromkeys(names):      # rows grouped by task, one graph each
             rows = np.array([i for i, n in enumerate(names) if n == name])
             sub_ids, sub_mask = ids[rows], mask[rows]
             width = int(sub_mask.sum(1).max())  # the group's own longest row: no extra padding
-            backbone = self.backbone if name is None else graphs.get(name)
+            backbone = self.backbone if name is None else self.task_graphs.get(name)
             hidden[rows, :width] = backbone(np.ascontiguousarray(sub_ids[:, :width]),
                                             np.ascontiguousarray(sub_mask[:, :width]))
-        return torch.from_numpy(hidden), torch.from_numpy(mask)
-
-    def _hidden_states(self, ids: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """The bare backbone call, the only step where the backends differ: (hidden, mask) tensors."""
-        if self.backend == "onnx":
-            return torch.from_numpy(self.backbone(ids, mask)), torch.from_numpy(mask)
-        input_ids = torch.from_numpy(ids).to(self.device)
-        attention = torch.from_numpy(mask).to(self.device)
-        return self.backbone(input_ids=input_ids, attention_mask=attention).last_hidden_state, attention
+        return torch.from_numpy(hidden), row_tasks
 
 
-class _TaskGraphs:
+class TaskGraphs:
     """ONNX graphs of one encoder with each task adapter merged in, exported once and cached.
 
     Why: ONNX Runtime knows nothing of LoRA, but a task's adapter is just ``W + BA`` on some
@@ -437,9 +415,10 @@ class _TaskGraphs:
     read the cache.
     """
 
-    def __init__(self, model_dir: Path, adapter_dir: Path, quantize: bool, owner: "EncoderModel") -> None:
+    def __init__(self, model_dir: Path, adapter_dir: Path, quantize: bool, shared: Any) -> None:
+        """``shared``: the bare graph's initialisers every task graph reuses (word embeddings)."""
         import hashlib
-        self.model_dir, self.adapter_dir, self.quantize, self.owner = model_dir, adapter_dir, quantize, owner
+        self.model_dir, self.adapter_dir, self.quantize, self.shared = model_dir, adapter_dir, quantize, shared
         digest = hashlib.sha256()
         for f in ("adapter_model.safetensors", "adapter_config.json"):
             digest.update((adapter_dir / f).read_bytes())
@@ -462,6 +441,6 @@ class _TaskGraphs:
                 # 384 MB copy on e5-small for every task instead of one each.
                 self.graphs[task] = load_onnx_backbone(
                     self.model_dir, quantize=self.quantize, load_torch=merged,
-                    variant=f"lora-{task}-{self.key}", shared=self.owner.backbone.shared)
+                    variant=f"lora-{task}-{self.key}", shared=self.shared)
             return self.graphs[task]
 

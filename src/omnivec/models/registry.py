@@ -1,11 +1,18 @@
-"""Model names -> model families. Adding a backbone means adding one entry, not touching the pipeline."""
+"""Model names -> model families. A family registers with one line of :data:`FAMILIES`.
+
+Each entry names the family, where its model class lives (imported lazily: loading the default
+encoder never imports the Qwen code), which ``config.json`` it recognises, and how ``omnivec
+train`` loads it (torch backend; with which adapters).
+"""
 from __future__ import annotations
 
 import json
 import os
+import importlib
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -30,34 +37,60 @@ def _minilm_dir() -> Path:
     return found[0]
 
 
+def _is_jina_v4(config: dict) -> bool:
+    return ("JinaEmbeddingsV4Model" in (config.get("architectures") or [])
+            or config.get("model_type") in ("qwen2_5_vl", "jina-embeddings-v4"))
+
+
+def _is_encoder(config: dict) -> bool:
+    return config.get("model_type") in ("bert", "xlm-roberta", "roberta", "distilbert", "mpnet", "electra")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One registered model family."""
+
+    name: str
+    module: str                                     # imported on first use
+    cls: str                                        # class with ``from_directory(path, ...)``
+    recognises: Callable[[dict], bool]              # config.json -> is it this family
+    training_load: Callable[[Path | None], dict[str, Any]]   # resume folder -> loader kwargs
+
+    def model_class(self) -> Any:
+        return getattr(importlib.import_module(self.module), self.cls)
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family("jina-v4", "omnivec.models.qwen_vl", "JinaV4Model", _is_jina_v4,
+           lambda resume: {"adapters": resume or "auto"}),
+    Family("encoder", "omnivec.models.encoder", "EncoderModel", _is_encoder,
+           lambda resume: {"backend": "torch", "adapters": None}),   # training attaches its own LoRA
+)
+
+
+def family(name: str) -> Family:
+    for entry in FAMILIES:
+        if entry.name == name:
+            return entry
+    raise ValueError(f"unknown model family {name!r}; known: {[f.name for f in FAMILIES]}")
+
+
 def detect_family(path: Path) -> str:
-    """``jina-v4`` or ``encoder``, from the files a model directory holds."""
+    """The registered family a model directory belongs to (``omnivec.json``, else ``config.json``)."""
     meta = path / "omnivec.json"
     if meta.exists():
-        family = json.loads(meta.read_text()).get("family")
-        if family:
-            return family
+        name = json.loads(meta.read_text()).get("family")
+        if name:
+            return family(name).name
     config_file = path / "config.json"
     if not config_file.exists():
         raise ValueError(f"{path} is not a model directory: no config.json")
     config = json.loads(config_file.read_text())
-    archs = config.get("architectures") or []
-    if "JinaEmbeddingsV4Model" in archs or config.get("model_type") in ("qwen2_5_vl", "jina-embeddings-v4"):
-        return "jina-v4"
-    if config.get("model_type") in ("bert", "xlm-roberta", "roberta", "distilbert", "mpnet", "electra"):
-        return "encoder"
+    for entry in FAMILIES:
+        if entry.recognises(config):
+            return entry.name
     raise ValueError(f"{path}: unsupported model type {config.get('model_type')!r} "
-                     "(supported: jina-embeddings-v4 / qwen2_5_vl, BERT-style encoders)")
-
-
-def _family_loader(family: str) -> Callable[..., EmbeddingModel]:
-    if family == "jina-v4":
-        from .qwen_vl import JinaV4Model
-        return JinaV4Model.from_directory
-    if family == "encoder":
-        from .encoder import EncoderModel
-        return EncoderModel.from_directory
-    raise ValueError(f"unknown model family {family!r}")
+                     f"(supported families: {[f.name for f in FAMILIES]})")
 
 
 def resolve_model_path(name: str | os.PathLike | None) -> Path:
@@ -101,21 +134,27 @@ def load_model(name: str | os.PathLike | None = None, *, device: str | torch.dev
                **kwargs) -> EmbeddingModel:
     """Load a model family instance by name, hub id or directory.
 
-    ``adapters`` (encoder family): ``"default"`` = the adapters shipped for a built-in model,
-    else those in the model directory; a folder; or ``None`` for the bare backbone. jina-v4
-    checkpoints always use their own ``adapters/`` folder.
+    ``adapters``: ``"default"`` = the adapters shipped for a built-in model, else those of the
+    model directory (jina-v4: its ``adapters/`` folder); a folder of trained adapters
+    (``omnivec train`` output, both families); or ``None`` for the bare backbone.
     """
     path = resolve_model_path(name)
-    family = detect_family(path)
-    if family == "encoder":
-        if isinstance(adapters, str) and adapters == "default":
-            adapters = shipped_adapters(name) or "auto"
-        kwargs["adapters"] = adapters
-    elif not (isinstance(adapters, str) and adapters in ("default", "auto")):
-        raise ValueError(f"adapters={adapters!r}: a {family} checkpoint loads the adapters of its own directory")
-    loader = _family_loader(family)
+    entry = family(detect_family(path))
+    if isinstance(adapters, str) and adapters == "default":
+        adapters = shipped_adapters(name) or "auto"
     with _quiet_transformers():
-        return loader(path, device=device, dtype=dtype, **kwargs)
+        return entry.model_class().from_directory(path, device=device, dtype=dtype, adapters=adapters, **kwargs)
+
+
+def load_for_training(name: str | os.PathLike | None, resume: Path | None = None) -> EmbeddingModel:
+    """The model ``omnivec train`` fits an adapter on: torch, on the CPU, as its family says.
+
+    ``resume``: an output folder that already holds adapters (a second stage, or more tasks).
+    """
+    path = resolve_model_path(name)
+    entry = family(detect_family(path))
+    with _quiet_transformers():
+        return entry.model_class().from_directory(path, device="cpu", **entry.training_load(resume))
 
 
 @contextmanager

@@ -162,7 +162,7 @@ class Engine:
         return await self._enqueue(Job(prepared, multivector, asyncio.get_running_loop().create_future()))
 
     async def run_exclusive(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` on the forward thread between batches (e.g. late chunking's own forward)."""
+        """Run ``fn`` on the forward thread between batches (late chunking: windows + own spans)."""
         return await self._enqueue(Job([], False, asyncio.get_running_loop().create_future(), custom=fn))
 
     async def _enqueue(self, job: Job) -> Any:
@@ -326,8 +326,8 @@ class Engine:
     def _forward(self, batch: list[_Row]) -> list[np.ndarray]:
         """Forward thread: one pass over ``batch`` (rows of one kind); one array per row."""
         multivector = batch[0].job.multivector
-        out = self.model.forward([row.prepared for row in batch], dense=not multivector,
-                                 multivector=multivector).wait()
+        out = self.embedder.run_batch([row.prepared for row in batch], dense=not multivector,
+                                      multivector=multivector).wait()
         self.metrics.batch_size.observe(len(batch))
         self.metrics.tokens.inc(sum(row.prepared.cost for row in batch))
         if multivector:

@@ -1,13 +1,14 @@
-"""The trainable view of an encoder: frozen backbone + multi-task LoRA + multi-vector projector.
+"""The trainable view of any family: frozen backbone + one task's LoRA (+ a projector).
 
-Why separate from inference: training needs gradients through the backbone, padded batches
-of fixed token limits, and a projector that may change size (e.g. 384 -> 128); inference keeps
-its fast paths. Token ids come from the model's own ``prepare`` (same prompts, same
-truncation), so a trained adapter sees exactly what it will see when serving.
+Why no second pipeline: rows are the processor's own :class:`Prepared` items (same prompts,
+truncation, image template, pooling span), states come from the family's ``token_states(...,
+grad=True)`` and are pooled and projected by :mod:`omnivec.heads`, so a trained adapter sees
+exactly what it sees when serving. Only the trained task's LoRA weights (and a projector when
+asked) get gradients; the backbone stays bit-identical.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,14 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapters import get_router, load_adapters, lora_layers, read_adapter_config, task_routing, wrap_lora
-from ..models.base import PrepareOptions
-from ..models.encoder import pad_ids
+from .. import heads
+from ..adapters import get_router, load_adapters, lora_layers, read_adapter_config, wrap_lora
+from ..inputs import Image, InputLimits
+from ..models.base import EmbeddingModel, Prepared, PrepareOptions
 from ..tasks import TaskSpec
-
-# BERT-style module names: attention q/k/v, attention output, FFN in and out (all Linear layers
-# of a transformer block), as the jina-v4 adapters cover every projection.
-ENCODER_LORA_TARGETS = ("query", "key", "value", "dense")
 
 
 @dataclass
@@ -34,71 +32,73 @@ class Reps:
     mask: torch.Tensor | None
 
 
-class TrainableEncoder:
-    """Wraps an :class:`~omnivec.models.encoder.EncoderModel` loaded with the torch backend."""
+class TrainableModel:
+    """Wraps a loaded model whose capabilities declare ``trainable`` (torch, on the CPU or GPU).
 
-    def __init__(self, model: Any, task: str, *, rank: int, alpha: float, adapter_dir: Path | None,
-                 projector: nn.Linear | None) -> None:
-        if getattr(model, "backend", "torch") != "torch":
-            raise ValueError("training needs the torch backend of the encoder")
+    Families with ``lora_targets`` (encoders) get the task's LoRA layers wrapped here (existing
+    tasks of ``adapter_dir`` are loaded first); families whose adapters come with the checkpoint
+    (jina-v4) train the task's existing LoRA in place, the projector's per-task LoRA included.
+    """
+
+    def __init__(self, model: EmbeddingModel, task: str, *, rank: int, alpha: float,
+                 adapter_dir: Path | None, projector: nn.Module | None) -> None:
+        if not model.capabilities.trainable:
+            raise ValueError(f"the {model.family} family cannot be trained")
         self.model = model
-        self.backbone: nn.Module = model.backbone
-        for p in self.backbone.parameters():
+        self.module: nn.Module = model.trainable_module()
+        for p in self.module.parameters():
             p.requires_grad_(False)
-        existing: tuple[str, ...] = ()
-        if adapter_dir is not None and (adapter_dir / "adapter_config.json").is_file():
-            cfg = read_adapter_config(adapter_dir)
-            existing = tuple(cfg.get("task_names") or ())
-            if (int(cfg.get("r", rank)), float(cfg.get("lora_alpha", alpha))) != (rank, float(alpha)):
-                raise ValueError(f"{adapter_dir} holds adapters with r={cfg.get('r')}, alpha={cfg.get('lora_alpha')}; "
-                                 f"train with the same --rank/--alpha or use another --out")
-        self.task_names = existing + ((task,) if task not in existing else ())
-        if get_router(self.backbone) is None:
-            wrap_lora(self.backbone, list(ENCODER_LORA_TARGETS), self.task_names, rank, alpha)
-        if existing:
-            load_adapters(self.backbone, adapter_dir, task_names=self.task_names, require_all_tasks=False)
+        if model.lora_targets:
+            existing: tuple[str, ...] = ()
+            if adapter_dir is not None and (adapter_dir / "adapter_config.json").is_file():
+                cfg = read_adapter_config(adapter_dir)
+                existing = tuple(cfg.get("task_names") or ())
+                if (int(cfg.get("r", rank)), float(cfg.get("lora_alpha", alpha))) != (rank, float(alpha)):
+                    raise ValueError(f"{adapter_dir} holds adapters with r={cfg.get('r')}, alpha={cfg.get('lora_alpha')}; "
+                                     f"train with the same --rank/--alpha or use another --out")
+            self.task_names = existing + ((task,) if task not in existing else ())
+            if get_router(self.module) is None:
+                wrap_lora(self.module, list(model.lora_targets), self.task_names, rank, alpha)
+            if existing:
+                load_adapters(self.module, adapter_dir, task_names=self.task_names, require_all_tasks=False)
+        else:
+            router = get_router(self.module)
+            self.task_names = tuple(router.task_names) if router is not None else ()
+            if task not in self.task_names:
+                raise ValueError(f"{model.name} has no {task!r} adapter to train (its adapters: "
+                                 f"{list(self.task_names)}); its checkpoint's adapters/ folder defines the tasks")
+        # Rows of every task route through the adapters being trained from now on.
+        model.processor.tasks = replace(model.processor.tasks, adapters=self.task_names)
         self.task = task
-        self.task_index = self.task_names.index(task)
-        self.projector = projector if projector is not None else model.multivector_projector
-        self.backbone.eval()     # no dropout: deterministic, and cached-gradient passes must agree
+        self.projector: nn.Module = projector if projector is not None else model.projector
+        self.module.eval()     # no dropout: deterministic, and cached-gradient passes must agree
 
     def lora_parameters(self) -> list[nn.Parameter]:
         """The trained task's LoRA weights (other tasks' adapters stay frozen)."""
         params = []
-        for layer in lora_layers(self.backbone).values():
-            for p in (layer.lora_A[self.task].weight, layer.lora_B[self.task].weight):
-                p.requires_grad_(True)
-                params.append(p)
-        for layer in lora_layers(self.backbone).values():
+        for layer in lora_layers(self.module).values():
             for t in layer.task_names:
-                if t != self.task:
-                    layer.lora_A[t].weight.requires_grad_(False)
-                    layer.lora_B[t].weight.requires_grad_(False)
+                train = t == self.task
+                for p in (layer.lora_A[t].weight, layer.lora_B[t].weight):
+                    p.requires_grad_(train)
+                    if train:
+                        params.append(p)
         return params
 
-    def tokenize(self, items: Sequence[Any], spec: TaskSpec, max_tokens: int) -> list[list[int]]:
-        """Token ids exactly as inference builds them (prompt, truncation, special tokens)."""
+    def prepare(self, items: Sequence[Any], spec: TaskSpec, max_tokens: int) -> list[Prepared]:
+        """Rows exactly as inference builds them (prompt, truncation, image template, span)."""
         opts = PrepareOptions(max_tokens=max_tokens, truncate=True)
-        return [list(self.model.prepare(x, spec, opts).data["input_ids"]) for x in items]
+        limits = InputLimits()
+        return [self.model.prepare(x.load(limits) if isinstance(x, Image) else x, spec, opts) for x in items]
 
-    def represent(self, ids: Sequence[Sequence[int]], *, with_tokens: bool) -> Reps:
-        """Forward one padded batch with the trained task's adapter routed to every row."""
-        batch = padded_batch(ids, self.model.pad_id)
-        mask = batch["attention_mask"]
-        with task_routing(self.backbone, [self.task_index] * len(ids)):
-            hidden = self.backbone(**batch).last_hidden_state
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        dense = F.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1.0), dim=-1)
-        tokens = None
-        if with_tokens:
-            tokens = F.normalize(self.projector(hidden), dim=-1) * m
-        return Reps(dense, tokens, mask if with_tokens else None)
-
-
-def padded_batch(ids: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids`` and ``attention_mask`` tensors for a list of id lists."""
-    input_ids, mask = pad_ids(ids, pad_id)
-    return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+    def represent(self, rows: Sequence[Prepared], *, with_tokens: bool) -> Reps:
+        """Forward one batch with autograd (each row through its own task's adapter)."""
+        ts = self.model.token_states(rows, grad=True)
+        dense = F.normalize(heads.pool(ts, [p.pool_span for p in rows]), dim=-1)
+        if not with_tokens:
+            return Reps(dense, None, None)
+        tokens, mask = heads.padded(heads.project(ts, self.projector))
+        return Reps(dense, tokens, mask)
 
 
 def pca_projector(token_states: torch.Tensor, out_dim: int) -> nn.Linear:

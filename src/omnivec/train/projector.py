@@ -26,12 +26,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import heads
+from ..execution import token_states
 from ..models.base import PrepareOptions
-from ..models.encoder import PROJECTOR_FILE, pad_ids
+from ..models.encoder import PROJECTOR_FILE
+from ..tasks import TaskSpec
+from .common import META_FILE, false_negatives, length_chunks, mrr10, task_specs
 from .data import PairExample, iter_batches, load_examples, split_validation
 from .losses import info_nce_from_scores, kl_divergence, maxsim_matrix
 from .model import pca_projector
-from .trainer import META_FILE, _false_negatives, _length_chunks, _mrr10, _specs
 
 PCA_TOKENS = 20_000      # token states sampled for the projector's PCA start
 
@@ -89,13 +92,12 @@ class _StateCache:
 
     def fill(self, task: str, seqs: Sequence[tuple[int, ...]], advance: Callable[[int], None]) -> None:
         todo = list(dict.fromkeys(s for s in seqs if (task, s) not in self.states))
-        for chunk in _length_chunks(todo, 32, 4096):
+        spec = TaskSpec(task, "query")        # routing only: the ids already carry their prompt
+        for chunk in length_chunks([len(s) for s in todo], 32, 4096):
             rows = [todo[i] for i in chunk]
-            ids, mask = pad_ids(rows, self.model.pad_id)
-            with torch.inference_mode():
-                hidden, _ = self.model.token_states(ids, mask, [task] * len(rows))
-            for k, r in enumerate(rows):
-                self.states[task, r] = hidden[k, :len(r)].to(torch.float16).clone()
+            ts = token_states(self.model, [self.model.processor.text_row(list(r), spec) for r in rows])
+            for r, states in zip(rows, torch.split(ts.states, ts.lengths)):
+                self.states[task, r] = states.to(torch.float16).clone()
             advance(len(rows))
 
     def padded(self, task: str, seqs: Sequence[tuple[int, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,14 +124,14 @@ class ProjectorTrainer:
 
     # ---------------------------------------------------------------- setup
     def _load_model(self) -> Any:
-        from ..models.encoder import EncoderModel
-        from ..models.registry import detect_family, resolve_model_path
-        path = resolve_model_path(self.cfg.base)
-        if detect_family(path) != "encoder":
-            raise ValueError(f"{path}: projector training is implemented for the encoder family (the default model)")
+        from ..models.registry import load_model
         out = Path(self.cfg.out)
         adapters = out if (out / "adapter_config.json").is_file() else None
-        return EncoderModel.from_directory(path, device="cpu", adapters=adapters)
+        model = load_model(self.cfg.base, device="cpu", adapters=adapters)
+        if not model.lora_targets:
+            raise ValueError(f"{model.name}: the {model.family} projector is part of its checkpoint and carries "
+                             "per-task LoRA; train it with its task adapter (omnivec train), not train-projector")
+        return model
 
     def _sources(self, model: Any) -> list[_Source]:
         cfg = self.cfg
@@ -156,10 +158,10 @@ class ProjectorTrainer:
     def _rows(self, model: Any, examples: list[PairExample], task: str,
               opts: tuple[PrepareOptions, PrepareOptions]) -> list[dict[str, Any]]:
         """Token ids of pairs as inference builds them (the task's query / document prompts)."""
-        q_spec, d_spec = _specs(task)
+        q_spec, d_spec = task_specs(task)
 
         def ids(text: Any, spec: Any, opt: PrepareOptions) -> tuple[int, ...]:
-            return tuple(model.prepare(text, spec, opt).data["input_ids"])
+            return tuple(model.prepare(text, spec, opt).input_ids)
 
         return [{"q": ids(e.query, q_spec, opts[0]), "pos": ids(e.positive, d_spec, opts[1]),
                  "negs": [ids(n, d_spec, opts[1]) for n in e.negatives[:self.cfg.max_negatives]],
@@ -173,7 +175,7 @@ class ProjectorTrainer:
         with torch.no_grad():
             teacher = maxsim_matrix(F.normalize(qh, dim=-1), qm, F.normalize(dh, dim=-1), dm)
         student = maxsim_matrix(F.normalize(proj(qh), dim=-1), qm, F.normalize(proj(dh), dim=-1), dm)
-        hide = _false_negatives(batch)
+        hide = false_negatives(batch)
         if hide is not None:
             teacher, student = teacher.masked_fill(hide, -1e4), student.masked_fill(hide, -1e4)
         loss = info_nce_from_scores(student, cfg.temperature)
@@ -194,12 +196,12 @@ class ProjectorTrainer:
             q = [self.cache.states[src.task, r["q"]].float() for r in src.val]
             d = [self.cache.states[src.task, r["pos"]].float() for r in src.val]
             if proj is None:
-                qd = F.normalize(torch.stack([x.mean(0) for x in q]), dim=-1)
-                dd = F.normalize(torch.stack([x.mean(0) for x in d]), dim=-1)
-                out[f"{src.name}/dense"] = _mrr10(qd @ dd.T)
+                qd = F.normalize(heads.pool_rows(q), dim=-1)
+                dd = F.normalize(heads.pool_rows(d), dim=-1)
+                out[f"{src.name}/dense"] = mrr10(qd @ dd.T)
             f = (lambda x: F.normalize(x, dim=-1)) if proj is None else (lambda x: F.normalize(proj(x), dim=-1))
             scores = maxsim_scores([f(x).numpy() for x in q], [f(x).numpy() for x in d])
-            out[f"{src.name}/{'raw' if proj is None else 'projected'}"] = _mrr10(torch.from_numpy(scores))
+            out[f"{src.name}/{'raw' if proj is None else 'projected'}"] = mrr10(torch.from_numpy(scores))
         return out
 
     @staticmethod

@@ -26,15 +26,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..adapters import task_routing
+from ..execution import token_states
 from ..models.encoder import PROJECTOR_FILE
-from ..tasks import TaskSpec
+from ..tasks import ADAPTERS
+from .common import META_FILE, false_negatives, length_chunks, mrr10, task_specs
 from .data import Example, GradedExample, PairExample, iter_batches, load_examples, split_validation
 from .losses import cosent, info_nce_from_scores, kl_divergence, matryoshka, maxsim_matrix
-from .model import Reps, TrainableEncoder, padded_batch, pca_projector
+from .model import Reps, TrainableModel, pca_projector
 
 CHUNK_TOKENS = 2048     # padded tokens per forward chunk (cache-friendly on a CPU)
-META_FILE = "omnivec-adapters.json"
 
 
 @dataclass
@@ -88,63 +88,25 @@ class TrainResult:
     data_info: dict[str, Any] = field(default_factory=dict)
 
 
-def _specs(task: str) -> tuple[TaskSpec, TaskSpec]:
-    """(query, document) prompts of a task: text-matching is symmetric (query prompt on both)."""
-    if task == "text-matching":
-        return TaskSpec(task, "query"), TaskSpec(task, "query")
-    return TaskSpec(task, "query"), TaskSpec(task, "passage")
+class _Prepared:
+    """Rows of every training example, prepared once (the backbone is the slow part)."""
 
-
-class _Tokenized:
-    """Token ids of every training text, computed once (the backbone is the slow part)."""
-
-    def __init__(self, enc: TrainableEncoder, examples: Sequence[Example], cfg: TrainConfig) -> None:
-        q_spec, d_spec = _specs(cfg.task)
+    def __init__(self, enc: TrainableModel, examples: Sequence[Example], cfg: TrainConfig) -> None:
+        q_spec, d_spec = task_specs(cfg.task)
         self.rows: list[dict[str, Any]] = []
         for ex in examples:
             if isinstance(ex, PairExample):
-                q = enc.tokenize([ex.query], q_spec, cfg.max_query_tokens)[0]
-                docs = enc.tokenize([ex.positive] + ex.negatives[:cfg.max_negatives], d_spec, cfg.max_doc_tokens)
+                q = enc.prepare([ex.query], q_spec, cfg.max_query_tokens)[0]
+                docs = enc.prepare([ex.positive] + ex.negatives[:cfg.max_negatives], d_spec, cfg.max_doc_tokens)
                 self.rows.append({"q": q, "pos": docs[0], "negs": docs[1:], "group": ex.group})
             else:
-                a, b = enc.tokenize([ex.text1, ex.text2], q_spec, cfg.max_doc_tokens)
+                a, b = enc.prepare([ex.text1, ex.text2], q_spec, cfg.max_doc_tokens)
                 self.rows.append({"a": a, "b": b, "score": float(ex.score)})
 
 
 def _pad_cat(parts: Sequence[torch.Tensor], length: int) -> torch.Tensor:
     return torch.cat([F.pad(p, (0, 0, 0, length - p.shape[1])) if p.dim() == 3 else F.pad(p, (0, length - p.shape[1]))
                       for p in parts])
-
-
-def _false_negatives(batch: list[dict[str, Any]]) -> torch.Tensor | None:
-    """(B, candidates) mask of in-batch "negatives" that are really positives of the row.
-
-    A candidate is hidden from row i when it is another row's positive and either carries the
-    same ``group`` (e.g. translations of one English string) or has the same tokens as row i's
-    query or positive (a pair seen in both directions). Hard negatives are never hidden.
-    """
-    n = len(batch)
-    n_cand = n + sum(len(r["negs"]) for r in batch)
-    hide = torch.zeros((n, n_cand), dtype=torch.bool)
-    pos = [tuple(r["pos"]) for r in batch]
-    for i, r in enumerate(batch):
-        same = {tuple(r["q"]), pos[i]}
-        for j in range(n):
-            if j != i and (pos[j] in same or (r["group"] is not None and r["group"] == batch[j]["group"])):
-                hide[i, j] = True
-    return hide if bool(hide.any()) else None
-
-
-def _length_chunks(seqs: Sequence[Sequence[int]], max_rows: int, budget: int) -> list[list[int]]:
-    """Indices sorted by length, cut so a chunk has <= max_rows rows and rows x longest <= budget."""
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    chunks: list[list[int]] = [[]]
-    for i in order:
-        cur = chunks[-1]
-        if cur and (len(cur) + 1 > max_rows or (len(cur) + 1) * len(seqs[i]) > budget):
-            chunks.append([])
-        chunks[-1].append(i)
-    return chunks
 
 
 def _reordered(reps: Sequence[Reps], chunks: Sequence[Sequence[int]]) -> Reps:
@@ -180,9 +142,9 @@ class Trainer:
         self.step_losses: list[float] = []
 
     # ---------------------------------------------------------------- setup
-    def _setup(self) -> None:
-        from ..models.encoder import EncoderModel
-        from ..models.registry import detect_family, resolve_model_path
+    def setup(self) -> None:
+        """Load the model and data, attach the task's LoRA, build the optimiser (``run`` calls it)."""
+        from ..models.registry import load_for_training, resolve_model_path
         cfg = self.cfg
         if cfg.loss not in ("joint", "infonce", "cosent"):
             raise ValueError(f"loss must be joint, infonce or cosent, got {cfg.loss!r}")
@@ -194,12 +156,9 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         path = resolve_model_path(cfg.base)
-        if detect_family(path) != "encoder":
-            raise ValueError(f"{path}: training is implemented for the encoder family (the default model); "
-                             "jina-v4 adapters load but cannot be trained here yet")
         self.base_path = path
-        model = EncoderModel.from_directory(path, device="cpu", backend="torch", adapters=None)
         self.out = Path(cfg.out)
+        model = load_for_training(path, self.out if (self.out / "adapter_config.json").is_file() else None)
         examples, self.data_info = load_examples(cfg.data)
         graded = sum(isinstance(e, GradedExample) for e in examples)
         if cfg.loss == "cosent" and graded != len(examples):
@@ -210,19 +169,25 @@ class Trainer:
         if len(train) < cfg.batch_size:
             raise ValueError(f"{len(train)} training examples is fewer than one batch ({cfg.batch_size})")
         self.multivector = cfg.loss == "joint"
+        # A family whose adapters come with its checkpoint (jina-v4) keeps its shared projector;
+        # the projector's per-task LoRA trains with the task's adapter.
+        self.own_projector = bool(model.lora_targets)
+        if not self.own_projector and cfg.train_projector:
+            raise ValueError(f"the {model.family} projector is shared by every task (its task LoRA trains "
+                             "with the adapter); drop --train-projector")
         has_projector = (self.out / PROJECTOR_FILE).is_file()
-        self.train_projector = self.multivector and (cfg.train_projector if cfg.train_projector is not None
-                                                     else not has_projector)
+        self.train_projector = self.own_projector and self.multivector and (
+            cfg.train_projector if cfg.train_projector is not None else not has_projector)
         projector = None
-        if has_projector:
+        if has_projector and self.own_projector:
             from ..models.encoder import load_projector_file
             projector = load_projector_file(self.out / PROJECTOR_FILE, model.dim)
-        self.enc = TrainableEncoder(model, cfg.task, rank=cfg.rank, alpha=cfg.alpha,
-                                    adapter_dir=self.out if (self.out / "adapter_config.json").is_file() else None,
-                                    projector=projector)
-        self.log(f"tokenising {len(train)} training and {len(val)} validation examples")
-        self.train_rows = _Tokenized(self.enc, train, cfg).rows
-        self.val_rows = _Tokenized(self.enc, val, cfg).rows
+        self.enc = TrainableModel(model, cfg.task, rank=cfg.rank, alpha=cfg.alpha,
+                                  adapter_dir=self.out if (self.out / "adapter_config.json").is_file() else None,
+                                  projector=projector)
+        self.log(f"preparing {len(train)} training and {len(val)} validation examples")
+        self.train_rows = _Prepared(self.enc, train, cfg).rows
+        self.val_rows = _Prepared(self.enc, val, cfg).rows
         if self.train_projector and projector is None:
             self.enc.projector = self._pca_init()
         self.dims = self._matryoshka_dims(model.dim)
@@ -247,20 +212,18 @@ class Trainer:
         return [full] + [d for d in (256, 128, 64) if d < full]
 
     def _pca_init(self) -> torch.nn.Linear:
-        """PCA of token states of up to 64 training documents (frozen backbone, no adapter)."""
+        """PCA of token states of up to 64 training documents (frozen backbone; the task's
+        adapter as it starts: a fresh LoRA is a no-op)."""
         docs = [r.get("pos", r.get("a")) for r in self.train_rows[:64]]
-        batch = padded_batch(docs, self.enc.model.pad_id)
-        with torch.no_grad(), task_routing(self.enc.backbone, None):
-            hidden = self.enc.backbone(**batch).last_hidden_state
-        mask = batch["attention_mask"].bool()
-        dim = min(self.cfg.multivector_dim, int(mask.sum()), hidden.shape[-1])
-        return pca_projector(hidden[mask], dim)
+        states = token_states(self.enc.model, docs).states
+        dim = min(self.cfg.multivector_dim, states.shape[0], states.shape[-1])
+        return pca_projector(states.clone(), dim)
 
     # ---------------------------------------------------------------- loss
     def _loss(self, q: Reps, d: Reps, batch: list[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
         t = cfg.temperature
-        hide = _false_negatives(batch)          # candidates that are not negatives of a row
+        hide = false_negatives(batch)          # candidates that are not negatives of a row
 
         def masked(scores: torch.Tensor) -> torch.Tensor:
             return scores if hide is None else scores.masked_fill(hide, float("-inf"))
@@ -285,7 +248,7 @@ class Trainer:
         return self.cfg.w_cosent * loss, {"cosent": float(loss.detach())}
 
     # ---------------------------------------------------------------- one step
-    def _step(self, batch: list[dict[str, Any]]) -> dict[str, float]:
+    def step(self, batch: list[dict[str, Any]]) -> dict[str, float]:
         """One optimiser step on a batch of pairs (or graded pairs).
 
         Each side is cut into length-sorted chunks, so a chunk pads only to its own longest row
@@ -303,7 +266,7 @@ class Trainer:
         tokens = self.multivector and not graded
         rows = cfg.micro_batch or len(right)
         budget = CHUNK_TOKENS if cfg.micro_batch is None else 1 << 30
-        sides = [(seqs, _length_chunks(seqs, rows, budget)) for seqs in (left, right)]
+        sides = [(seqs, length_chunks([p.cost for p in seqs], rows, budget)) for seqs in (left, right)]
 
         def loss_of(l_reps: list[Reps], r_reps: list[Reps]) -> tuple[torch.Tensor, dict[str, float]]:
             lj, rj = (_reordered(reps, chunks) for reps, (_, chunks) in zip((l_reps, r_reps), sides))
@@ -311,7 +274,7 @@ class Trainer:
                 return self._graded_loss(lj, rj, torch.tensor([r["score"] for r in batch]))
             return self._loss(lj, rj, batch)
 
-        def run(seqs: list[list[int]], chunks: list[list[int]]) -> list[Reps]:
+        def run(seqs: list[Any], chunks: list[list[int]]) -> list[Reps]:
             return [self.enc.represent([seqs[i] for i in c], with_tokens=tokens) for c in chunks]
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -356,14 +319,14 @@ class Trainer:
         if graded:
             cos = (lr.dense * rr.dense).sum(-1)
             return {"spearman": _spearman(cos, torch.tensor([r["score"] for r in rows], dtype=cos.dtype))}
-        out = {"dense_mrr10": _mrr10(lr.dense @ rr.dense.T)}
+        out = {"dense_mrr10": mrr10(lr.dense @ rr.dense.T)}
         small = 128 if 128 in self.dims else self.dims[-1]
-        out[f"dense{small}_mrr10"] = _mrr10(F.normalize(lr.dense[:, :small], dim=-1) @ F.normalize(rr.dense[:, :small], dim=-1).T)
+        out[f"dense{small}_mrr10"] = mrr10(F.normalize(lr.dense[:, :small], dim=-1) @ F.normalize(rr.dense[:, :small], dim=-1).T)
         if tokens:
             from ..scoring import maxsim_scores   # memory-bounded: no (Q, D, Lq, Ld) tensor
             qs = [t[m.bool()].numpy() for t, m in zip(lr.tokens, lr.mask)]
             ds = [t[m.bool()].numpy() for t, m in zip(rr.tokens, rr.mask)]
-            out["maxsim_mrr10"] = _mrr10(torch.from_numpy(maxsim_scores(qs, ds)))
+            out["maxsim_mrr10"] = mrr10(torch.from_numpy(maxsim_scores(qs, ds)))
         return out
 
     def _score(self, metrics: dict[str, float]) -> float:
@@ -379,8 +342,9 @@ class Trainer:
         for name, layer in _lora_items(self.enc):
             state[f"{name}.A"] = layer.lora_A[self.cfg.task].weight.detach().clone()
             state[f"{name}.B"] = layer.lora_B[self.cfg.task].weight.detach().clone()
-        for k, v in self.enc.projector.state_dict().items():
-            state[f"projector.{k}"] = v.detach().clone()
+        if self.own_projector:
+            for k, v in self.enc.projector.state_dict().items():
+                state[f"projector.{k}"] = v.detach().clone()
         return state
 
     def _load_trainable(self, state: dict[str, torch.Tensor]) -> None:
@@ -423,7 +387,7 @@ class Trainer:
     def run(self) -> TrainResult:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
         start_time = time.perf_counter()
-        self._setup()
+        self.setup()
         cfg = self.cfg
         step, history = 0, []
         best: dict[str, Any] = {"step": 0, "score": -1.0, "metrics": {}, "state": None}
@@ -445,7 +409,7 @@ class Trainer:
             for i, idx in enumerate(batches):
                 if i < step:
                     continue
-                parts = self._step([self.train_rows[j] for j in idx])
+                parts = self.step([self.train_rows[j] for j in idx])
                 step += 1
                 seen += len(idx)
                 rate = seen / max(1e-9, time.perf_counter() - t0)
@@ -453,7 +417,7 @@ class Trainer:
                 if step % cfg.eval_every == 0 or step == self.total_steps:
                     m = self.validate()
                     history.append({"step": step, "loss": parts["loss"], **m})
-                    if self._score(m) > best["score"]:
+                    if not self.val_rows or self._score(m) > best["score"]:   # no hold-out: keep the last
                         best = {"step": step, "score": self._score(m), "metrics": m, "state": self._trainable_state()}
                     self.log(f"step {step} loss {parts['loss']:.4f} validation: {_fmt(m)}")
                 if step % cfg.save_every == 0 or step == self.total_steps:
@@ -479,14 +443,16 @@ class Trainer:
 
         from ..adapters import save_adapters
         out = self.out
-        save_adapters(self.enc.backbone, out, self.enc.task_names,
+        save_adapters(self.enc.module, out, self.enc.task_names,
                       extra_config={"base_model_name_or_path": str(self.cfg.base or "default")})
-        if self.multivector:
+        if self.multivector and self.own_projector:
             sd = {k: v.detach().contiguous() for k, v in self.enc.projector.state_dict().items()}
             save_file(sd, str(out / PROJECTOR_FILE))
         meta_path = out / META_FILE
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         meta["base"] = str(self.cfg.base or "default")
+        # Encoders: the tasks this folder has no adapter for run the bare backbone, as before.
+        meta["bare_tasks"] = [t for t in ADAPTERS if t not in self.enc.task_names] if self.own_projector else []
         meta.setdefault("tasks", {})[self.cfg.task] = {
             "config": {k: v for k, v in asdict(self.cfg).items() if k != "out"},
             "data": self.data_info, "train_examples": len(self.train_rows), "val_examples": len(self.val_rows),
@@ -496,9 +462,9 @@ class Trainer:
         meta_path.write_text(json.dumps(meta, indent=2, default=str))
 
 
-def _lora_items(enc: TrainableEncoder):
+def _lora_items(enc: TrainableModel):
     from ..adapters import lora_layers
-    return sorted(lora_layers(enc.backbone).items())
+    return sorted(lora_layers(enc.module).items())
 
 
 def _ranks(x: torch.Tensor) -> torch.Tensor:
@@ -514,14 +480,6 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     ra, rb = ra - ra.mean(), rb - rb.mean()
     denom = float(ra.norm() * rb.norm())
     return float((ra * rb).sum()) / denom if denom else 0.0
-
-
-def _mrr10(scores: torch.Tensor) -> float:
-    """Mean reciprocal rank (cut at 10) of the diagonal entry in each row."""
-    diag = scores.diagonal()[:, None]
-    rank = (scores > diag).sum(1) + 1
-    rr = torch.where(rank <= 10, 1.0 / rank.float(), torch.zeros_like(rank, dtype=torch.float))
-    return float(rr.mean())
 
 
 def _fmt(m: dict[str, float]) -> str:

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from ..store import MultivectorStorage
 from ..types import Record
-from ._common import (check_config, dir_size, new_config, pack_signs, unpack_signs,
+from .common import (check_config, dir_size, new_config, pack_signs, unpack_signs,
                       validate_commit)
 
 CONFIG_FILE = "omnivec-store.json"
@@ -65,6 +65,8 @@ FILES_SCHEMA = pa.schema([pa.field("path", pa.string(), nullable=False), pa.fiel
 
 class LanceStore:
     """Records and file markers in two LanceDB tables inside one directory."""
+
+    native_maxsim = False     # MaxSim reranks in the Index over dense candidates
 
     def __init__(self, directory: str | Path, *, dim: int | None = None, multivector_dim: int | None = None,
                  multivector_storage: MultivectorStorage | None = None, create: bool = True) -> None:
@@ -183,6 +185,10 @@ class LanceStore:
             table.optimize()
         self._commits = 0
         self._rows_at_compaction = self._items.count_rows()
+
+    def search_maxsim(self, query_tokens: np.ndarray, k: int, prefetch: int,
+                      dense_query: np.ndarray) -> list[tuple[Record, float]]:
+        raise NotImplementedError("LanceStore has no native MaxSim (native_maxsim is False)")
 
     def commit_files(self, files: Sequence[tuple[str, str, Sequence[Record]]]) -> None:
         """Commit several files at once (path, hash, records): same order rule, one write per step.

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..store import MultivectorStorage
 from ..types import Record
-from ._common import check_config, dir_size, new_config, pack_signs, unpack_signs, validate_commit
+from .common import check_config, dir_size, new_config, pack_signs, unpack_signs, validate_commit
 
 _NS = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/omnivec/index")
 CONFIG_ID = str(uuid.uuid5(_NS, "omnivec:store-config"))
@@ -39,6 +39,8 @@ def marker_id(path: str) -> str:
 
 class QdrantStore:
     """Items and markers in two Qdrant collections; works against a server or local mode alike."""
+
+    native_maxsim = True      # float32/float16: two-stage MaxSim query inside Qdrant
 
     def __init__(self, client: Any, collection: str, *, local_path: str | Path | None = None,
                  is_local: bool = False, dim: int | None = None, multivector_dim: int | None = None,
@@ -230,6 +232,9 @@ class QdrantStore:
         res = self.client.query_points(self.collection, query=q.tolist(), using="dense", limit=k,
                                        with_payload=PAYLOAD, with_vectors=["dense"])
         return [(self._record(p), float(p.score)) for p in res.points]
+
+    def optimize(self) -> None:
+        """Qdrant optimises its segments itself."""
 
     def search_maxsim(self, query_tokens: np.ndarray, k: int, prefetch: int,
                       dense_query: np.ndarray) -> list[tuple[Record, float]]:
