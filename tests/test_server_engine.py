@@ -239,9 +239,23 @@ def test_back_pressure_and_disconnect(slow_server) -> None:
     r = httpx.post(url, json={"model": "default", "input": ["d", "e"]}, headers=AUTH)
     assert r.status_code == 503 and r.headers["Retry-After"] == "1"
     assert r.json()["code"] == "SERVICE_OVERLOADED"
-    # A client that gives up: its queued item never reaches the model.
-    with pytest.raises(httpx.TimeoutException):
-        httpx.post(url, json={"model": "default", "input": ["never computed"]}, headers=AUTH, timeout=0.1)
+    # A client that gives up once its item is queued: the item never reaches the model. (Waiting
+    # for the queue, not a fixed client timeout: on a loaded machine a 0.1 s timeout could fire
+    # before the request was even queued, and then nothing would be dropped.)
+    async def give_up_once_queued() -> None:
+        async with httpx.AsyncClient() as client:
+            request = asyncio.ensure_future(client.post(url, json={"model": "default", "input": ["never computed"]},
+                                                        headers=AUTH, timeout=30))
+            for _ in range(200):
+                await asyncio.sleep(0.005)
+                queued = metric((await client.get(slow_server.url + "/metrics")).text, "omnivec_queue_depth")
+                if queued >= 1:
+                    break
+            assert queued >= 1 and not request.done()
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+    asyncio.run(give_up_once_queued())
     t.join()
     assert results["busy"].status_code == 200
     time.sleep(0.6)

@@ -1,8 +1,12 @@
 """HTTP server: Jina- and OpenAI-compatible ``/v1/embeddings`` over one batching engine.
 
-``create_app(embedder)`` builds the FastAPI app (``app.py``); ``protocol.py`` holds both wire
-formats, ``engine.py`` the cross-request batching, ``security.py`` API keys and body caps.
+``create_app(embedder)`` builds the FastAPI app (``app.py``: lifespan, routes, disconnects);
+``settings.py`` holds ``ServerSettings``, ``protocol.py`` both wire formats, ``dialects/`` one
+adapter per dialect (request -> spec, response layout), ``pipeline.py`` the shared path between
+(checks, compute, Matryoshka + wire encodings), ``errors.py`` the error envelopes,
+``engine.py`` the cross-request batching, ``security.py`` API keys and body caps.
 """
-from .app import ServerSettings, create_app
+from .app import create_app
+from .settings import ServerSettings
 
 __all__ = ["create_app", "ServerSettings"]
