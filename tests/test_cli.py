@@ -2,11 +2,14 @@
 import json
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from omnivec.cli import app
 
 runner = CliRunner()
+
+pytestmark = pytest.mark.slow  # runs the CLI on the embedded default model
 
 
 def test_embed_writes_npy_and_jsonl(tmp_path, default_model):

