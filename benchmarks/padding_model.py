@@ -4,8 +4,9 @@ For random draws of N texts from the server benchmark's corpus, plans the batche
 library does (overhead-aware plan, 1024 tokens x 16 rows) and prints the modelled cost
 ``sum(overhead + rows x longest)`` divided by the real token count. The cost model is the
 least-squares fit of ONNX call time on the 2-core machine (6.0 ms + 0.17 ms per padded token,
-i.e. an overhead of 36 tokens; benchmarks/RESULTS.md). The ratio between two sizes bounds how
-close small requests can get to large ones without padding-free (packed) execution.
+i.e. an overhead of 36 tokens; benchmarks/RESULTS.md, repeated by ``onnx_call_overhead.py``).
+The ratio between two sizes bounds how close small requests can get to large ones without
+padding-free (packed) execution.
 
     python benchmarks/padding_model.py [--sizes 8,32,64,512] [--draws 200]
 """

@@ -46,3 +46,45 @@ def test_info_json():
     data = json.loads(r.stdout[r.stdout.index("{"):])
     assert data["model"] == "multilingual-e5-small" and data["dim"] == 384
     assert "retrieval.query" in data["tasks"] and data["images"] == "OCR to text"
+
+
+def _tiny_beir(folder):
+    folder.mkdir()
+    rows = [{"_id": "d0", "text": "Erneut anmelden"}, {"_id": "d1", "text": "Mein Passwort ändern"}]
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (folder / "queries.jsonl").write_text(json.dumps({"_id": "q", "text": "Log in again"}) + "\n")
+    (folder / "qrels").mkdir()
+    (folder / "qrels" / "test.tsv").write_text("q\td0\t1\n")
+    return folder
+
+
+def test_eval_raw_multivectors_reaches_the_model_load(default_model, tmp_path, monkeypatch):
+    pytest.importorskip("pytrec_eval")
+    import omnivec
+    calls = []
+
+    def fake_load(model=None, **kwargs):              # the session's model, loaded once
+        calls.append(kwargs)
+        return default_model
+
+    monkeypatch.setattr(omnivec, "load", fake_load)
+    data = _tiny_beir(tmp_path / "d")
+    base = ["eval", str(data), "--multivector", "--baseline", "none", "--out", str(tmp_path / "o")]
+    r = runner.invoke(app, base + ["--raw-multivectors"])
+    assert r.exit_code == 0, r.output
+    assert calls[-1].get("projector") is False
+    assert "multivector" in json.loads((tmp_path / "o" / "results.json").read_text())["summary"]
+    r = runner.invoke(app, base)
+    assert r.exit_code == 0, r.output
+    assert "projector" not in calls[-1]                 # without the flag: the model's projector
+
+
+def test_eval_raw_multivectors_refused_clearly(tmp_path):
+    data = _tiny_beir(tmp_path / "d")
+    r = runner.invoke(app, ["eval", str(data), "--raw-multivectors"])
+    assert r.exit_code == 2 and "add --multivector" in r.output
+    jina = tmp_path / "jina"          # detected as jina-v4 from its config alone; refused before any load
+    jina.mkdir()
+    (jina / "config.json").write_text(json.dumps({"architectures": ["JinaEmbeddingsV4Model"]}))
+    r = runner.invoke(app, ["eval", str(data), "--multivector", "--raw-multivectors", "--model", str(jina)])
+    assert r.exit_code == 2 and "--raw-multivectors: jina-v4 models" in r.output

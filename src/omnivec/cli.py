@@ -20,11 +20,14 @@ err = Console(stderr=True)
 ADAPTERS_HELP = "Task adapters: a folder, 'none' for the bare backbone (default: those shipped for the model)."
 
 
-def _load(model: Optional[str], device: Optional[str], quantize: bool = False, adapters: Optional[str] = None):
+def _load(model: Optional[str], device: Optional[str], quantize: bool = False, adapters: Optional[str] = None,
+          projector: bool = True):
     import omnivec
     kwargs: dict = {"quantize": True} if quantize else {}
     if adapters is not None:
         kwargs["adapters"] = None if adapters.lower() == "none" else adapters
+    if not projector:
+        kwargs["projector"] = False
     start = time.perf_counter()
     with err.status(f"loading {model or omnivec.DEFAULT_MODEL} ..."):
         m = omnivec.load(model, device=device, **kwargs)
@@ -35,6 +38,18 @@ def _load(model: Optional[str], device: Optional[str], quantize: bool = False, a
 def _fail(message: str) -> None:
     err.print(f"[bold red]error:[/bold red] {message}")
     raise typer.Exit(code=2)
+
+
+def _check_raw_multivectors(model: Optional[str]) -> None:
+    """Exit 2 unless the model's family can skip its multi-vector projector (``projector=False``)."""
+    from omnivec.models.registry import detect_family, family, resolve_model_path
+    try:
+        entry = family(detect_family(resolve_model_path(model)))
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if not entry.raw_multivectors:
+        _fail(f"--raw-multivectors: {entry.name} models have no raw token-state multi-vectors "
+              "(their multi-vectors always go through the checkpoint's own projector); drop the flag")
 
 
 @app.command()
@@ -195,6 +210,9 @@ def eval_(
     out: Path = typer.Option(Path("eval-out"), "--out", "-o", help="Folder for report.md, results.json, plots."),
     device: Optional[str] = typer.Option(None, "--device"),
     adapters: Optional[str] = typer.Option(None, "--adapters", help=ADAPTERS_HELP),
+    raw_multivectors: bool = typer.Option(False, "--raw-multivectors",
+                                          help="With --multivector: raw token states (e.g. 384-d) instead of the "
+                                               "trained multi-vector projector (omnivec.load(projector=False); encoders)."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
 ) -> None:
     """Evaluate retrieval (nDCG, recall, MRR, MAP) on a built-in suite or a dataset on disk."""
@@ -213,8 +231,12 @@ def eval_(
     except ValueError:
         _fail(f"--dimensions must be comma-separated integers, got {dimensions!r}")
     baselines = [b for x in baseline for b in x.split(",") if b and b != "none"] if baseline else list(loaded.baselines)
+    if raw_multivectors:
+        if not multivector:
+            _fail("--raw-multivectors changes the multi-vectors only: add --multivector")
+        _check_raw_multivectors(model)
     try:
-        m = _load(model, device, adapters=adapters)
+        m = _load(model, device, adapters=adapters, projector=not raw_multivectors)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     for d in dims or []:

@@ -242,7 +242,8 @@ class EncoderModel(EmbeddingModel):
             # The fixed cost of one ORT call, in tokens, so the planner cuts batches at length
             # jumps instead of padding short rows (see omnivec.batching). Fit over 1-16 rows x
             # 8-128 tokens, e5-small, 2 cores: 6.0 ms + 0.17 ms/token on two threads (~36
-            # tokens; the threads synchronise at every operator).
+            # tokens; the threads synchronise at every operator). benchmarks/onnx_call_overhead.py
+            # repeats the fit.
             self.batch_overhead_tokens = 36
         self.processor = processor
         self.name = name

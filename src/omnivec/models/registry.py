@@ -55,6 +55,7 @@ class Family:
     cls: str                                        # class with ``from_directory(path, ...)``
     recognises: Callable[[dict], bool]              # config.json -> is it this family
     training_load: Callable[[Path | None], dict[str, Any]]   # resume folder -> loader kwargs
+    raw_multivectors: bool = False                  # loads with projector=False (raw token states)
 
     def model_class(self) -> Any:
         return getattr(importlib.import_module(self.module), self.cls)
@@ -64,7 +65,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("jina-v4", "omnivec.models.qwen_vl", "JinaV4Model", _is_jina_v4,
            lambda resume: {"adapters": resume or "auto"}),
     Family("encoder", "omnivec.models.encoder", "EncoderModel", _is_encoder,
-           lambda resume: {"backend": "torch", "adapters": None}),   # training attaches its own LoRA
+           lambda resume: {"backend": "torch", "adapters": None},    # training attaches its own LoRA
+           raw_multivectors=True),
 )
 
 

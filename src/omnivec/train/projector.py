@@ -232,7 +232,9 @@ class ProjectorTrainer:
                 seqs = [s for r in src.train + src.val for s in (r["q"], r["pos"], *r["negs"])]
                 job = bar.add_task(f"token states {src.name}", total=len(set(seqs)))
                 self.cache.fill(src.task, seqs, lambda n, job=job: bar.update(job, advance=n))
-        self.log(f"cached token states of {len(self.cache.states)} texts in {time.perf_counter() - start:.0f}s")
+        size = sum(t.numel() * t.element_size() for t in self.cache.states.values())
+        self.log(f"cached token states of {len(self.cache.states)} texts ({size / 1e9:.2f} GB float16) "
+                 f"in {time.perf_counter() - start:.0f}s")
         proj = self._pca_init(model.dim)
         history = [{"epoch": 0, **self.validate(None), **self.validate(proj)}]
         self.log(f"epoch 0 (PCA start) validation: {_fmt(history[0])}")
