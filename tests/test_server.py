@@ -300,7 +300,8 @@ BAD = {
 def test_bad_input_is_a_clear_4xx(server, name) -> None:
     body, status, field = BAD[name]
     if isinstance(body, bytes):
-        r = httpx.post(server.url + "/v1/embeddings", content=body, timeout=60)
+        r = httpx.post(server.url + "/v1/embeddings", content=body, timeout=60,
+                       headers={"Content-Type": "application/json"})
     else:
         r = post(server, body)
     assert r.status_code == status, r.text
@@ -358,6 +359,8 @@ _body = st.one_of(st.fixed_dictionaries({}, optional=_fields), _json)
 @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
 @given(body=_body)
 def test_fuzzed_bodies_never_5xx(server, body) -> None:
-    r = post(server, body)
+    # sent as JSON text: httpx's json=None would send no body (and no Content-Type) at all
+    r = httpx.post(server.url + "/v1/embeddings", content=json.dumps(body), timeout=60,
+                   headers={"Content-Type": "application/json"})
     assert r.status_code < 500, (body, r.text)
     assert r.status_code in (200, 400, 404, 413, 422), (body, r.text)

@@ -174,6 +174,9 @@ def serve(
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms",
                                       help="How long an idle server waits for more requests before a forward pass."),
     max_pending: int = typer.Option(8192, "--max-pending-items", help="Queued items before answering 503."),
+    max_response_values: int = typer.Option(12_000_000, "--max-response-values",
+                                             help="Numbers one response may carry (~20 bytes each as JSON); "
+                                                  "larger requests get a 422 before any forward pass."),
     log_level: str = typer.Option("info", "--log-level"),
     adapters: Optional[str] = typer.Option(None, "--adapters", help=ADAPTERS_HELP),
 ) -> None:
@@ -184,7 +187,8 @@ def serve(
     from omnivec.server import ServerSettings, create_app
     settings = ServerSettings(model_aliases=list(model_alias), api_keys=list(api_key),
                               allow_url_fetch=allow_url_fetch, max_body_bytes=int(max_body_mb * 2**20),
-                              max_wait_ms=max_wait_ms, max_pending_items=max_pending)
+                              max_wait_ms=max_wait_ms, max_pending_items=max_pending,
+                              max_response_values=max_response_values)
     load_kwargs = {} if adapters is None else {"adapters": None if adapters.lower() == "none" else adapters}
     app_ = create_app(loader=lambda: omnivec.load(model, device=device, **load_kwargs), settings=settings)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"

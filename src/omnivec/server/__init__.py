@@ -4,7 +4,9 @@
 ``settings.py`` holds ``ServerSettings``, ``protocol.py`` both wire formats, ``dialects/`` one
 adapter per dialect (request -> spec, response layout), ``pipeline.py`` the shared path between
 (checks, compute, Matryoshka + wire encodings), ``errors.py`` the error envelopes,
-``engine.py`` the cross-request batching, ``security.py`` API keys and body caps.
+``engine.py`` the cross-request batching and admission, ``security.py`` API keys and body caps,
+``jsonbody.py`` the JSON content type and depth bound, ``openapi.py`` the served contract of
+``/v1/embeddings``. Every limit is listed in ``docs/SECURITY.md``.
 """
 from .app import create_app
 from .settings import ServerSettings

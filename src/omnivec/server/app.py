@@ -1,6 +1,6 @@
 """FastAPI app: ``/v1/embeddings`` (Jina + OpenAI dialects), ``/v1/models``, health, metrics.
 
-Request path: auth -> capped body read -> JSON -> dialect (``dialects/``) + strict validation ->
+Request path: auth -> JSON content type -> capped body read -> JSON (depth-bounded) -> dialect (``dialects/``) + strict validation ->
 admission (back-pressure) -> parse/prepare off the loop -> shared batches in the engine ->
 post-process and encode the response off the loop (``pipeline.py``). Every failure is a 4xx in
 the dialect's error shape (``errors.py``); a 5xx means a bug.
@@ -8,7 +8,6 @@ the dialect's error shape (``errors.py``); a 5xx means a bug.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -19,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from ..embedder import Embedder
-from . import pipeline, protocol
+from . import jsonbody, openapi, pipeline, protocol
 from .dialects import DIALECTS
 from .engine import Engine, Overloaded
 from .errors import ApiError, error_body, unauthorized
@@ -89,6 +88,7 @@ def create_app(embedder: Embedder | None = None, settings: ServerSettings | None
 
     app = FastAPI(title="omnivec", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.omnivec = state
+    openapi.install(app)
     app.state.metrics = metrics
 
     def served_names() -> list[str]:
@@ -126,7 +126,7 @@ def create_app(embedder: Embedder | None = None, settings: ServerSettings | None
         headers = {"X-Request-ID": request_id, **(err.headers or {})}
         return JSONResponse(error_body(err, dialect, request_id), status_code=err.status, headers=headers)
 
-    @app.post("/v1/embeddings")
+    @app.post("/v1/embeddings", openapi_extra=openapi.EMBEDDINGS_OPERATION)
     async def embeddings(request: Request) -> Response:
         request_id = uuid.uuid4().hex[:16]
         started = time.perf_counter()
@@ -138,15 +138,13 @@ def create_app(embedder: Embedder | None = None, settings: ServerSettings | None
                 raise ApiError(503, "the model is still loading" if not state.load_error
                                else f"the model failed to load: {state.load_error}", "SERVICE_UNAVAILABLE",
                                headers={"Retry-After": "5"})
+            jsonbody.require_json_content_type(request.headers.get("content-type"))
             try:
                 raw = await read_body_capped(request, settings.max_body_bytes)
             except BodyTooLarge:
                 raise ApiError(413, f"request body is larger than {settings.max_body_bytes} bytes",
                                "INPUT_BODY_TOO_LARGE") from None
-            try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise ApiError(400, f"malformed JSON body ({e})", "INPUT_MALFORMED_JSON") from None
+            body = jsonbody.parse(raw, settings.max_json_depth)
             dialect = protocol.detect_dialect(body)
             response = await embed(request, body, DIALECTS[dialect])
         except ApiError as err:
@@ -175,7 +173,8 @@ def create_app(embedder: Embedder | None = None, settings: ServerSettings | None
         except Overloaded as e:
             raise ApiError(503, str(e), "SERVICE_OVERLOADED", headers={"Retry-After": str(e.retry_after)}) from None
         try:
-            result, tokens, origins = await until_disconnect(request, pipeline.compute(spec, emb, engine, limits))
+            work = pipeline.compute(spec, emb, engine, limits, settings.max_response_values)
+            result, tokens, origins = await until_disconnect(request, work)
         finally:
             engine.release(len(spec.inputs))
         metrics.items.inc(len(origins))

@@ -20,12 +20,16 @@ Why it looks like this:
   arriving together share their first batch.
 * Memory stays flat: admission is refused (the caller answers 503 + Retry-After) when the
   pending items would exceed ``max_pending_items``; a cancelled job's rows (client gone) are
-  dropped before they reach the model.
+  dropped before they reach the model. Retry-After is the time the pending items need at the
+  measured drain rate (rows per second of forward over the last passes), 1..60 s.
 """
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
+import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -102,6 +106,7 @@ class Engine:
         self.collect_tokens = collect_tokens or 4 * embedder.batch_tokens
         self.metrics = metrics or Metrics()
         self.pending_items = 0
+        self._passes: deque[tuple[int, float]] = deque(maxlen=32)   # (rows, seconds) of recent forwards
         self._queue: asyncio.Queue[Job] | None = None
         self._pool: list[_Row] = []         # dequeued rows waiting for a forward, oldest first
         self._turns: list[Job] = []         # jobs with rows in the pool, in round-robin order
@@ -134,8 +139,20 @@ class Engine:
         """
         if self.pending_items and self.pending_items + n_items > self.max_pending_items:
             self.metrics.rejected.inc()
-            raise Overloaded(retry_after=1)
+            raise Overloaded(retry_after=self.retry_after())
         self.pending_items += n_items
+
+    def drain_rate(self) -> float | None:
+        """Rows per second of forward over the recent passes; None before any was measured."""
+        seconds = sum(s for _, s in self._passes)
+        return sum(n for n, _ in self._passes) / seconds if seconds > 0 else None
+
+    def retry_after(self) -> int:
+        """Seconds until the pending items drain at the measured rate, clamped to 1..60."""
+        rate = self.drain_rate()
+        if not rate:
+            return 1
+        return min(60, max(1, math.ceil(self.pending_items / rate)))
 
     def release(self, n_items: int) -> None:
         self.pending_items = max(0, self.pending_items - n_items)
@@ -285,8 +302,10 @@ class Engine:
             batch = self._pick()
             if not batch:
                 continue
+            started = time.perf_counter()
             try:
                 outputs = await loop.run_in_executor(self._forward_pool, self._forward, batch)
+                self._passes.append((len(batch), time.perf_counter() - started))
             except asyncio.CancelledError:
                 raise
             except BaseException as e:  # noqa: BLE001 - fails only the jobs in this batch

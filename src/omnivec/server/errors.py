@@ -23,7 +23,7 @@ class ApiError(Exception):
 
 
 _OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-                 413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
+                 413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
                  503: "server_error", 500: "server_error"}
 
 
@@ -60,6 +60,29 @@ def input_error(e: InputError, paths: list[str]) -> ApiError:
                     errors=[{"field": path, "message": e.reason, "type": "input_error"}])
 
 
+def malformed_json(reason: str) -> ApiError:
+    return ApiError(400, f"malformed JSON body ({reason})", "INPUT_MALFORMED_JSON")
+
+
+def unsupported_media_type(content_type: str | None) -> ApiError:
+    given = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+    return ApiError(415, f"the body must be JSON sent as 'Content-Type: application/json' (got {given})",
+                    "INPUT_UNSUPPORTED_MEDIA_TYPE", param="Content-Type")
+
+
+def output_too_large(values: int, cap: int, multivector: bool) -> ApiError:
+    """A 422 when the response would carry more values than ``max_response_values``, with how to ask for less."""
+    less = ("fewer inputs per request, shorter inputs (or truncate: true), a compact embedding_type "
+            "(binary/ubinary cost 1/8, base64 1/4 of float), or dense vectors (return_multivector: false)"
+            if multivector else
+            "fewer inputs per request, smaller dimensions, or a compact encoding (base64 costs 1/4 of "
+            "float; Jina embedding_type binary/ubinary 1/8)")
+    message = (f"the response would carry about {values:,} values, over this server's limit "
+               f"max_response_values={cap:,}; ask for less: {less}")
+    return ApiError(422, message, "OUTPUT_TOO_LARGE", param="input",
+                    errors=[{"field": "input", "message": message, "type": "output_too_large"}])
+
+
 def not_an_object() -> ApiError:
     return ApiError(422, "the body must be a JSON object", "INPUT_VALIDATION_ERROR", param="body",
                     errors=[{"field": "body", "message": "expected an object", "type": "type_error"}])
@@ -69,11 +92,17 @@ def validation_error(e: ValidationError) -> ApiError:
     """A pydantic failure as one 422 listing every offending field path (each once)."""
     errors, seen = [], set()
     for item in e.errors(include_url=False):
-        path = protocol.field_path(tuple(item["loc"]))
+        loc, message = tuple(item["loc"]), item["msg"]
+        if item["type"] == "extra_forbidden":   # the unknown name itself, even when it looks like a tag
+            parent = protocol.field_path(loc[:-1])
+            path = str(loc[-1]) if parent == "body" else f"{parent}.{loc[-1]}"
+            message = "unknown field (not part of this request's schema; check its spelling)"
+        else:
+            path = protocol.field_path(loc)
         if path in seen:
             continue  # union members repeat the same field
         seen.add(path)
-        errors.append({"field": path, "message": item["msg"], "type": item["type"]})
+        errors.append({"field": path, "message": message, "type": item["type"]})
     summary = "; ".join(f"{x['field']}: {x['message']}" for x in errors[:5])
     return ApiError(422, f"invalid request: {summary}", "INPUT_VALIDATION_ERROR",
                     param=errors[0]["field"] if errors else None, errors=errors)

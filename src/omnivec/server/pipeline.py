@@ -81,9 +81,34 @@ def build_spec(dialect: Dialect, req: Any, emb: Embedder, max_inputs: int) -> Em
     return spec
 
 
-async def compute(spec: EmbedSpec, emb: Embedder, engine: Engine,
-                  limits: InputLimits) -> tuple[JobResult, list[int], list[int]]:
-    """Raw outputs, tokens per prepared item, and each prepared item's input index."""
+# What one value costs in the response, relative to a JSON float (~20 bytes): base64 packs a
+# float32 in 5.3 characters, binary/ubinary 8 values in one small integer.
+ENCODING_COST = {"float": 1.0, "base64": 0.25, "binary": 0.125, "ubinary": 0.125}
+
+
+def check_output_budget(spec: EmbedSpec, tokens: list[int], emb: Embedder, max_values: int | None) -> None:
+    """422 before the forward when the response would carry more than ``max_values`` float-equivalents.
+
+    ``tokens`` are the prepared rows' token counts: a multi-vector row has (at most) one vector
+    of ``multivector_dim`` per token, a dense row one vector of ``dimensions``.
+    """
+    if max_values is None:
+        return
+    per_value = sum(ENCODING_COST[e] for e in spec.encodings)
+    if spec.multivector:
+        values = sum(tokens) * emb.multivector_dim * per_value
+    else:
+        values = len(tokens) * (spec.dimensions or emb.dim) * per_value
+    if values > max_values:
+        raise errors.output_too_large(int(values), max_values, spec.multivector)
+
+
+async def compute(spec: EmbedSpec, emb: Embedder, engine: Engine, limits: InputLimits,
+                  max_values: int | None = None) -> tuple[JobResult, list[int], list[int]]:
+    """Raw outputs, tokens per prepared item, and each prepared item's input index.
+
+    ``max_values`` is the output budget (:func:`check_output_budget`), checked before the forward.
+    """
     task = resolve_task(spec.task)
     try:
         emb.model.processor.tasks.adapter_for(task)
@@ -98,6 +123,7 @@ async def compute(spec: EmbedSpec, emb: Embedder, engine: Engine,
                 lambda: late_chunking.plan(emb.model.processor, spec.inputs, task, truncate=spec.truncate))
         except InputError as e:
             raise errors.input_error(e, spec.paths) from None
+        check_output_budget(spec, layout.tokens, emb, max_values)
         dense = await engine.run_exclusive(
             lambda: late_chunking.embed(emb.model, layout, batch_tokens=emb.batch_tokens))
         return JobResult(dense, None), layout.tokens, list(range(len(spec.inputs)))
@@ -106,6 +132,7 @@ async def compute(spec: EmbedSpec, emb: Embedder, engine: Engine,
         prepared, origins = await engine.prepare(spec.inputs, [task] * len(spec.inputs), options, limits)
     except InputError as e:
         raise errors.input_error(e, spec.paths) from None
+    check_output_budget(spec, [p.cost for p in prepared], emb, max_values)
     result = await engine.submit(prepared, spec.multivector)
     if spec.tokenized:
         spec.token_strings = [emb.model.processor.token_strings(p.input_ids) for p in prepared]

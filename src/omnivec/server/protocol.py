@@ -10,17 +10,22 @@ Dialect rule (documented in the README, "HTTP API"):
   the Jina fields. A string-only body without ``encoding_format`` is Jina; its success
   response is byte-compatible with OpenAI's float response, only errors differ in shape.
 
-Errors raised before the dialect is known (authentication, body size, malformed JSON,
+Errors raised before the dialect is known (authentication, content type, body size, malformed JSON,
 overload) carry both envelopes at once: ``{detail, code, request_id, error: {...}}``.
 
-Request models are strict (no silent "1" -> 1 coercion) so wrong types are 422s naming the
-field path instead of surprises.
+Request models are strict (no silent "1" -> 1 coercion) and closed (``extra="forbid"``: a typo
+such as ``dimension`` is a 422 naming it, not silently ignored), so mistakes are 422s naming the
+field path instead of surprises. The Jina model accepts every field of Jina's
+``EmbeddingsV4Request`` (plus ``normalized``), the OpenAI one every field of OpenAI's
+``CreateEmbeddingRequest`` (``model``, ``input``, ``encoding_format``, ``dimensions``, ``user``)
+plus the ``task``/``truncate`` extensions. These models are also the served OpenAPI schema
+(``openapi.py``).
 """
 from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool, StrictInt, StrictStr
 
 MAX_INPUTS = 2048
 EMBEDDING_TYPES = ("float", "base64", "binary", "ubinary")
@@ -54,7 +59,7 @@ JinaItem = Union[StrictStr, TextDoc, ImageDoc, PDFDoc]
 class JinaRequest(BaseModel):
     """Jina ``EmbeddingsV4Request`` (plus ``normalized``; PDFs are also accepted inside lists)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     model: StrictStr
     input: Union[JinaItem, list[JinaItem]]
     task: Optional[TaskName] = "text-matching"
@@ -70,7 +75,7 @@ class JinaRequest(BaseModel):
 class OpenAIRequest(BaseModel):
     """OpenAI ``CreateEmbeddingRequest`` with ``task``/``truncate`` as extensions."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     model: StrictStr
     input: Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]]
     encoding_format: Literal["float", "base64"] = "float"
@@ -131,6 +136,38 @@ def field_path(loc: tuple[Any, ...]) -> str:
 
 def usage(tokens: int) -> dict[str, int]:
     return {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+    type: str
+
+
+class JinaError(BaseModel):
+    """Jina's error body (``request_id`` and ``errors`` are omnivec's additions)."""
+
+    detail: str
+    code: str
+    request_id: str
+    errors: Optional[list[FieldError]] = None
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[str] = None
+
+
+class OpenAIError(BaseModel):
+    """OpenAI's error body."""
+
+    error: OpenAIErrorDetail
+
+
+class ErrorEnvelope(RootModel[Union[JinaError, OpenAIError]]):
+    """The dialect's error body; before the dialect is known, both merged in one object."""
 
 
 def jina_error(detail: str, code: str, request_id: str, errors: list[dict] | None = None) -> dict:
