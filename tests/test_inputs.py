@@ -456,6 +456,87 @@ def test_pdf_iter_pages_abandoned_closes_and_limits(pdfium_calls):
     assert [p.text for p in PDF(_pdf_bytes(1)).iter_pages(text=True)] == [""]  # no text layer
 
 
+def _huge_blank_pdf(pages: int, side_pt: float = 14400) -> bytes:
+    """The issue's PDF: a few KB declaring ``pages`` blank pages of ``side_pt`` points square."""
+    from fpdf import FPDF
+
+    pdf = FPDF(unit="pt", format=(side_pt, side_pt))
+    for _ in range(pages):
+        pdf.add_page()
+    return bytes(pdf.output())
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_pdf_document_pixel_budget_refuses_before_rendering(pdfium_calls):
+    """16 blank 14400-pt pages (+2.6 GB, 26 s before): refused from page sizes, nothing rendered."""
+    data = _huge_blank_pdf(16)
+    assert len(data) < 10_000
+    rss, t = _peak_rss_mb(), time.perf_counter()
+    for call in (lambda: PDF(data).render(), lambda: next(PDF(data).iter_pages()),
+                 lambda: PDF(data).plan(), lambda: parse_inputs(["text", PDF(data)])):
+        with pytest.raises(InputError, match=r"max_pdf_pixels=200000000; select fewer pages or a lower dpi"):
+            call()
+    assert time.perf_counter() - t < 2.0 and _peak_rss_mb() - rss < 50
+    assert pdfium_calls["render"] == 0
+    # the budget counts pages after the per-page DPI cap: 16 x 40 Mpx here
+    with pytest.raises(InputError, match="would render to 6336"):
+        PDF(data).render(InputLimits(max_pdf_pixels=600_000_000))
+    one = InputLimits(max_pdf_pixels_per_page=1_000_000, max_pdf_pixels=16_000_000)
+    assert [im.size for im in PDF(data).render(one)] == [(1000, 1000)] * 16
+    with pytest.raises(InputError, match="max_pdf_pixels=15999999"):
+        PDF(data).render(replace(one, max_pdf_pixels=15_999_999))
+    with pytest.raises(ValueError):
+        InputLimits(max_pdf_pixels=0)
+
+
+def test_pdf_huge_page_rendered_at_a_dpi_that_fits_the_image_budget():
+    """A page larger than max_image_pixels at the asked dpi is rendered smaller, not refused."""
+    data = _huge_blank_pdf(2)                  # 28800 x 28800 px at 144 dpi: 829 Mpx a page
+    limits = InputLimits(max_image_pixels=2_000_000)
+    rss, t = _peak_rss_mb(), time.perf_counter()
+    pages = PDF(data, dpi=144).render(limits)
+    assert time.perf_counter() - t < 2.0 and _peak_rss_mb() - rss < 100
+    for im in pages:
+        w, h = im.size
+        assert w * h <= 2_000_000 and w == h and w > 1400  # aspect kept, close to the budget
+    plan = PDF(data, dpi=144).plan(limits)     # sized from page sizes: what rendering gives
+    assert plan.pixels == sum(im.size[0] * im.size[1] for im in pages)
+    assert [im.size for im in plan.load()] == [im.size for im in pages]
+
+
+def test_request_pixel_budget_checked_before_decoding(monkeypatch, pdfium_calls):
+    """Images and PDF pages of one request are summed from headers/page sizes before decoding."""
+    from omnivec.inputs import images as images_module
+
+    decoded = []
+    real_finish = images_module._finish
+    monkeypatch.setattr(images_module, "_finish", lambda im, limits: decoded.append(im.size) or real_finish(im, limits))
+    img = _bomb_png(1000, 1000)                # 1 Mpx each, a few KB encoded
+    pdf = _pdf_bytes(2)                        # 2 pages of 200 x 100 at 72 dpi
+    limits = InputLimits(max_request_pixels=3_000_000)
+    items, origin = parse_inputs([Image(img), "t", PDF(pdf, dpi=72), Image(img), red((100, 100))], limits)
+    assert origin == [0, 1, 2, 2, 3, 4] and len(decoded) == 3 and pdfium_calls["render"] == 2
+    decoded.clear()
+    with pytest.raises(InputError) as ei:
+        parse_inputs([Image(img), "t", PDF(pdf, dpi=72), Image(img), Image(img)], limits)
+    assert ei.value.index is None
+    assert str(ei.value).startswith("the inputs would decode to 3040000 pixels") and "max_request_pixels=3000000" in str(ei.value)
+    assert decoded == [] and pdfium_calls["render"] == 2   # nothing decoded, no page rendered
+    with pytest.raises(InputError, match="max_request_pixels"):
+        parse_inputs([red((2000, 1000)), red((1000, 1001))], InputLimits(max_request_pixels=3_000_000))
+    # the issue's request: eight 8000 x 8000 images (+3.8 GB before), refused at the default budget
+    big = _bomb_png(8000, 8000)
+    rss, t = _peak_rss_mb(), time.perf_counter()
+    with pytest.raises(InputError, match="512000000 pixels.*max_request_pixels=256000000"):
+        parse_inputs([Image(big)] * 8)
+    assert time.perf_counter() - t < 2.0 and _peak_rss_mb() - rss < 50 and decoded == []
+
+
 # ------------------------------------------------------------------ URL safety
 
 

@@ -22,6 +22,7 @@ from .batching import plan_batches
 from .execution import token_states
 from .inputs import InputError
 from .models.base import EmbeddingModel, Processor
+from .models.text_bounds import TextIds
 from .tasks import TaskSpec
 
 
@@ -58,13 +59,13 @@ def plan(processor: Processor, texts: Sequence[str], task: TaskSpec, *, truncate
     limit = min(max_tokens or processor.max_tokens, processor.max_tokens)
     room = limit - len(head) - len(tail)
 
-    def fitted(i: int, ids: list[int]) -> list[int]:
-        if len(ids) <= room:
-            return ids
+    def fitted(i: int, got: TextIds) -> list[int]:
+        if not got.over:
+            return got.ids
         if not truncate:
-            raise InputError(i, f"input has {len(ids)} tokens but a late-chunking window holds "
+            raise InputError(i, f"input has {got.count()} tokens but a late-chunking window holds "
                                 f"{room} (truncate=false)")
-        return ids[:room]
+        return got.ids[:room]
 
     if room <= len(processor.prompted_ids("", task)):
         raise InputError(None, "late_chunking: the prompt leaves no room for text")
@@ -73,9 +74,13 @@ def plan(processor: Processor, texts: Sequence[str], task: TaskSpec, *, truncate
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise InputError(i, "late_chunking works on text inputs only")
-        ids = processor.text_ids(text) if groups else []
-        if not groups or used + len(ids) > room:
-            ids = fitted(i, processor.prompted_ids(text, task))    # opens a window: prompt + text
+        # Each input is tokenised only as far as the room it could take (a bounded prefix).
+        fits = False
+        if groups:
+            got = processor.bounded_ids(text, room - used)
+            ids, fits = got.ids, not got.over
+        if not fits:
+            ids = fitted(i, processor.bounded_ids(text, room, task))    # opens a window: prompt + text
             groups.append([])
             used = 0
         groups[-1].append(ids)

@@ -399,14 +399,17 @@ class FakeProcessor(Processor):
             kind, item = "image", "image"
         elif not isinstance(item, str):
             raise ValueError(f"fake embeds text and images, got {type(item).__name__}")
-        ids = [self.CLS] + self.prompted_ids(item, task) + [self.SEP]
         limit = min(options.max_tokens or self.max_tokens, self.max_tokens)
-        truncated = len(ids) > limit
+        # As the real families: only a bounded prefix is tokenised (a word is one token here, so
+        # a "word" of more than CHARS_PER_TOKEN_BOUND characters past the bound is cut).
+        got = self.bounded_ids(item, limit - 2, task)
+        body = [self.CLS] + got.ids
+        truncated = got.over or len(body) + 1 > limit
         if truncated:
             if not options.truncate:
-                raise ValueError(f"input has {len(ids)} tokens but the limit is {limit} (truncate=False)")
-            ids = ids[:limit - 1] + [self.SEP]
-        return Prepared(kind=kind, task=task, input_ids=ids, truncated=truncated)
+                raise ValueError(f"input has {got.count(2)} tokens but the limit is {limit} (truncate=False)")
+            body = body[:limit - 1]
+        return Prepared(kind=kind, task=task, input_ids=body + [self.SEP], truncated=truncated)
 
 
 def _fake_vector(key: str, dim: int) -> torch.Tensor:

@@ -38,8 +38,10 @@ _CODE_EXT = {
 _SKIP_DIRS = {".git", ".hg", ".svn", "node_modules", "__pycache__", ".venv"}
 _SNIFF = 8192
 
-# Folders hold bigger PDFs and longer manuals than one API request does.
-DEFAULT_LIMITS = InputLimits(max_image_bytes=50 * 2**20, max_pdf_pages=1000)
+# Folders hold bigger PDFs and longer manuals than one API request does. Pages are rendered
+# one at a time here, so the per-document pixel budget only bounds the rendering work:
+# 2.5 Gpx covers 1,000 A4/letter pages at 144 dpi.
+DEFAULT_LIMITS = InputLimits(max_image_bytes=50 * 2**20, max_pdf_pages=1000, max_pdf_pixels=2_500_000_000)
 
 
 class IngestError(Exception):

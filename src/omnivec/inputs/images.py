@@ -22,7 +22,7 @@ import os
 from PIL import Image as PILImage
 from PIL import ImageOps
 
-from .limits import InputError, InputLimits
+from .limits import DecodePlan, InputError, InputLimits
 from .sources import describe_source, source_bytes
 
 __all__ = ["Image", "composite_on_white"]
@@ -122,6 +122,15 @@ def _finish(im: PILImage.Image, limits: InputLimits) -> PILImage.Image:
 
 def _decode_image_bytes(data: bytes, limits: InputLimits) -> PILImage.Image:
     """Decode encoded image bytes with a header-level pixel check before any pixel work."""
+    im = _open_image_bytes(data, limits)
+    try:
+        return _finish(im, limits)
+    finally:
+        im.close()
+
+
+def _open_image_bytes(data: bytes, limits: InputLimits) -> PILImage.Image:
+    """Open encoded image bytes: header read and its size checked, no pixel decoded yet."""
     if not data:
         raise InputError(None, "not a valid image (empty data)")
     try:
@@ -134,9 +143,10 @@ def _decode_image_bytes(data: bytes, limits: InputLimits) -> PILImage.Image:
         raise InputError(None, f"not a valid image ({type(e).__name__}: {e})") from None
     try:
         _check_pixels(im.size, limits)
-        return _finish(im, limits)
-    finally:
+    except InputError:
         im.close()
+        raise
+    return im
 
 
 class Image:
@@ -164,10 +174,33 @@ class Image:
         it is (see the module docstring), never composited here.
         """
         if isinstance(self.source, PILImage.Image):
-            try:
-                size = self.source.size
-            except Exception as e:
-                raise InputError(None, f"not a valid image ({e})") from None
-            _check_pixels(size, limits)
+            _check_pixels(self._given_size(), limits)
             return _finish(self.source, limits)
         return _decode_image_bytes(source_bytes(self.source, limits, "image"), limits)
+
+    def plan(self, limits: InputLimits = InputLimits()) -> DecodePlan:
+        """The header's width x height and a loader (what :meth:`load` returns, as a list).
+
+        Why: :func:`~omnivec.inputs.parse_inputs` adds up a request's pixels before decoding
+        any input. The source is read once; the header's size is checked here.
+        """
+        if isinstance(self.source, PILImage.Image):
+            w, h = self._given_size()
+            _check_pixels((w, h), limits)
+            return DecodePlan(w * h, lambda: [self.load(limits)])
+        im = _open_image_bytes(source_bytes(self.source, limits, "image"), limits)
+
+        def load() -> list[PILImage.Image]:
+            try:
+                return [_finish(im, limits)]
+            finally:
+                im.close()
+
+        return DecodePlan(im.size[0] * im.size[1], load)
+
+    def _given_size(self) -> tuple[int, int]:
+        assert isinstance(self.source, PILImage.Image)
+        try:
+            return self.source.size
+        except Exception as e:
+            raise InputError(None, f"not a valid image ({e})") from None

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
-__all__ = ["InputLimits", "InputError"]
+__all__ = ["InputLimits", "InputError", "DecodePlan"]
 
 
 @dataclass(frozen=True)
@@ -15,6 +16,11 @@ class InputLimits:
     max_image_pixels: int = 64_000_000  # decoded W*H, checked from the header before decoding
     max_pdf_pages: int = 256
     max_pdf_pixels_per_page: int = 40_000_000  # dpi is lowered for a page that would exceed it
+    # Decoded pixels are ~3-4 bytes each and a request's images are held together until they
+    # are prepared, so both totals are checked from headers/page sizes before decoding:
+    # 200 Mpx ~ 100 letter pages at 144 dpi (~0.6 GB as RGB); 256 Mpx ~ four 8000x8000 images.
+    max_pdf_pixels: int = 200_000_000  # all rendered pages of one PDF
+    max_request_pixels: int = 256_000_000  # all images and PDF pages of one parse_inputs call
     allow_url_fetch: bool = True  # the server passes False unless --allow-url-fetch
     allow_private_urls: bool = False  # private/loopback/link-local/metadata refused unless True
     url_timeout_s: float = 10.0  # hard deadline for a whole fetch, redirects included
@@ -22,7 +28,8 @@ class InputLimits:
     allow_local_paths: bool = True  # the server sets False: no request may read server files
 
     def __post_init__(self) -> None:
-        for name in ("max_image_bytes", "max_image_pixels", "max_pdf_pages", "max_pdf_pixels_per_page"):
+        for name in ("max_image_bytes", "max_image_pixels", "max_pdf_pages", "max_pdf_pixels_per_page",
+                     "max_pdf_pixels", "max_request_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"InputLimits.{name} must be >= 1")
         if self.max_redirects < 0:
@@ -51,3 +58,13 @@ class InputError(ValueError):
         err = InputError(index, self.reason)
         err.__cause__ = self.__cause__
         return err
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """An input checked and sized but not decoded yet: its pixels (width x height, summed over
+    PDF pages) and ``load()``, which decodes it into a list of items. Why: a request's pixels
+    are added up before any input is decoded."""
+
+    pixels: int
+    load: Callable[[], list[Any]]

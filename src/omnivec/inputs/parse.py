@@ -9,7 +9,7 @@ from typing import Union
 from PIL import Image as PILImage
 
 from .images import Image
-from .limits import InputError, InputLimits
+from .limits import DecodePlan, InputError, InputLimits
 from .pdf import PDF
 
 __all__ = ["parse_inputs", "InputItem"]
@@ -33,7 +33,9 @@ def parse_inputs(
     Images come out as RGB, or RGBA when they have transparency (see :meth:`Image.load`);
     PDF pages as RGB. A single str is one input; a PDF expands to one item per page, all with
     the PDF's index. Any rejected input raises InputError naming its index, so callers can
-    report the field.
+    report the field. Every input is read and sized first (image headers, PDF page sizes)
+    and nothing is decoded when their pixels add up to more than
+    ``limits.max_request_pixels`` (InputError without an index: the request as a whole).
     """
     if isinstance(inputs, (str, Image, PDF, PILImage.Image)):
         seq: Sequence[object] = [inputs]
@@ -45,29 +47,48 @@ def parse_inputs(
         seq = inputs
     else:
         raise InputError(None, f"inputs must be one input or a list of them ({_ALLOWED_TYPES}), not {type(inputs).__name__}")
-    items: list[str | PILImage.Image] = []
-    origin: list[int] = []
-    for i, x in enumerate(seq):
+    plans = []
+    for i, x in enumerate(seq):  # read, check and size every input; decode none yet
         try:
-            if isinstance(x, str):
-                _check_text(x)
-                items.append(x)
-                origin.append(i)
-            elif isinstance(x, Image):
-                items.append(x.load(limits))
-                origin.append(i)
-            elif isinstance(x, PILImage.Image):
-                items.append(Image(x).load(limits))
-                origin.append(i)
-            elif isinstance(x, PDF):
-                pages = x.render(limits)
-                items.extend(pages)
-                origin.extend([i] * len(pages))
-            else:
-                hint = " (wrap bytes or paths in omnivec.Image(...) or omnivec.PDF(...))" if isinstance(
-                    x, (bytes, bytearray, memoryview, os.PathLike)
-                ) else ""
-                raise InputError(None, f"unsupported input type {type(x).__name__}; allowed: {_ALLOWED_TYPES}{hint}")
+            plans.append(_plan(x, limits))
         except InputError as e:
             raise e.with_index(i) from e.__cause__
+    _check_request_pixels(sum(p.pixels for p in plans), limits)
+    items: list[str | PILImage.Image] = []
+    origin: list[int] = []
+    decoded = 0
+    for i, plan in enumerate(plans):
+        try:
+            loaded = plan.load()
+        except InputError as e:
+            raise e.with_index(i) from e.__cause__
+        decoded += sum(x.size[0] * x.size[1] for x in loaded if isinstance(x, PILImage.Image))
+        _check_request_pixels(decoded, limits)  # a format may settle its size only when decoding
+        items.extend(loaded)
+        origin.extend([i] * len(loaded))
     return items, origin
+
+
+def _plan(x: object, limits: InputLimits) -> DecodePlan:
+    """One input checked and sized (pixels from headers and page sizes), not decoded."""
+    if isinstance(x, str):
+        _check_text(x)
+        return DecodePlan(0, lambda: [x])
+    if isinstance(x, (Image, PDF)):
+        return x.plan(limits)
+    if isinstance(x, PILImage.Image):
+        return Image(x).plan(limits)
+    hint = " (wrap bytes or paths in omnivec.Image(...) or omnivec.PDF(...))" if isinstance(
+        x, (bytes, bytearray, memoryview, os.PathLike)
+    ) else ""
+    raise InputError(None, f"unsupported input type {type(x).__name__}; allowed: {_ALLOWED_TYPES}{hint}")
+
+
+def _check_request_pixels(total: int, limits: InputLimits) -> None:
+    if total > limits.max_request_pixels:
+        raise InputError(
+            None,
+            f"the inputs would decode to {total} pixels (images and PDF pages, width x height), more than "
+            f"max_request_pixels={limits.max_request_pixels}; send fewer or smaller images, "
+            "fewer PDF pages or a lower PDF dpi",
+        )

@@ -3,7 +3,8 @@
 pdfium is not thread-safe and the server decodes inputs from worker threads, so every pdfium
 call in the process goes through this module, under one lock that never leaves it. Pages are
 rendered one at a time (:meth:`PDF.iter_pages`), holding the lock only while a page is being
-rendered, never while a page is handed to the caller.
+rendered, never while a page is handed to the caller. Pixel budgets are applied from page
+sizes before any page is rendered: per page (the DPI is lowered to fit) and per document.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from PIL import Image as PILImage
 
-from .limits import InputError, InputLimits
+from .limits import DecodePlan, InputError, InputLimits
 from .sources import describe_source, source_bytes
 
 __all__ = ["PDF", "PDFPage"]
@@ -84,11 +85,12 @@ class PDF:
         """Yield the selected pages in order, each rendered only when it is asked for.
 
         Each page is rendered at ``dpi``, lowered for a page whose pixels would exceed
-        ``limits.max_pdf_pixels_per_page``; ``text=True`` also reads each page's text layer
-        (:attr:`PDFPage.text`). Nothing is read until the first page is asked for; then the
-        document is opened and the selection checked (out-of-range pages, more than
-        ``limits.max_pdf_pages``) before any page is rendered. Anything wrong raises
-        InputError (index None), possibly after earlier pages were yielded.
+        ``limits.max_pdf_pixels_per_page`` (or ``max_image_pixels``, if lower); ``text=True``
+        also reads each page's text layer (:attr:`PDFPage.text`). Nothing is read until the
+        first page is asked for; then the document is opened and checked before any page is
+        rendered: the selection (out-of-range pages, more than ``limits.max_pdf_pages``) and
+        the pixels all pages would render to, from their sizes (``limits.max_pdf_pixels``).
+        Anything wrong raises InputError (index None), possibly after earlier pages were yielded.
 
         The document stays open between pages and is closed when the iterator is exhausted,
         closed or garbage-collected. An abandoned iterator can be finalised by a thread that
@@ -96,31 +98,27 @@ class PDF:
         otherwise leaves the document to pypdfium2's own finaliser instead of deadlocking.
         """
         data = self._read(limits)  # outside the lock: a URL fetch must not block other PDFs
-        with _PDFIUM_LOCK:
-            doc = _open_document(data)
-        try:
-            with _PDFIUM_LOCK:
-                try:
-                    n = len(doc)
-                except Exception as e:
-                    raise InputError(None, f"not a valid PDF ({e})") from None
-            if n == 0:
-                raise InputError(None, "not a valid PDF (no pages)")
-            for i in self._selected(n, limits):
-                with _PDFIUM_LOCK:
-                    image = self._render_page(doc, i, limits)
-                    page_text = _page_text(doc, i) if text else None
-                yield PDFPage(index=i, image=image, text=page_text)  # never yield holding the lock
-        finally:
-            if _PDFIUM_LOCK.acquire(timeout=_CLOSE_LOCK_TIMEOUT_S):
-                try:
-                    doc.close()
-                finally:
-                    _PDFIUM_LOCK.release()
+        yield from self._pages(data, limits, text)
 
     def render(self, limits: InputLimits = InputLimits()) -> list[PILImage.Image]:
         """Render the selected pages to RGB images at ``dpi``, lowered per page to fit the limit."""
         return [page.image for page in self.iter_pages(limits)]
+
+    def plan(self, limits: InputLimits = InputLimits()) -> DecodePlan:
+        """The pixels rendering would produce (from page sizes, no page rendered) and a loader.
+
+        Why: :func:`~omnivec.inputs.parse_inputs` adds up a request's pixels before decoding
+        any input. The document is read once (a URL is fetched once) and opened again to render.
+        """
+        data = self._read(limits)
+        with _PDFIUM_LOCK:
+            doc = _open_document(data)
+            try:
+                layout = self._layout(doc, limits)
+            finally:
+                doc.close()
+        return DecodePlan(sum(p.pixels for p in layout),
+                          lambda: [page.image for page in self._pages(data, limits, False)])
 
     # ---------------------------------------------------------------- internals
     def _read(self, limits: InputLimits) -> bytes:
@@ -142,35 +140,97 @@ class PDF:
             raise InputError(None, f"PDF has too many pages: {len(selected)} > {limits.max_pdf_pages}")
         return selected
 
-    def _render_page(self, doc, i: int, limits: InputLimits) -> PILImage.Image:  # lock held
-        page = None
-        bitmap = None
+    def _pages(self, data: bytes, limits: InputLimits, text: bool) -> Iterator[PDFPage]:
+        with _PDFIUM_LOCK:
+            doc = _open_document(data)
         try:
-            page = doc[i]
-            w_pt, h_pt = page.get_size()
-            if not (w_pt > 0 and h_pt > 0 and math.isfinite(w_pt * h_pt)):
-                raise InputError(None, f"not a valid PDF (page {i} has size {w_pt}x{h_pt})")
-            scale = self.dpi / 72.0
-            budget = limits.max_pdf_pixels_per_page
-            if math.ceil(w_pt * scale) * math.ceil(h_pt * scale) > budget:
-                scale = math.sqrt(budget / (w_pt * h_pt))
-                while scale > 0 and math.ceil(w_pt * scale) * math.ceil(h_pt * scale) > budget:
-                    scale *= 0.995
-            if math.ceil(w_pt * scale) < 1 or math.ceil(h_pt * scale) < 1:
-                raise InputError(None, f"PDF page {i} cannot be rendered within the pixel limit")
-            bitmap = page.render(scale=scale)
-            img = bitmap.to_pil()
-            # Own the pixels before the pdfium bitmap is freed.
-            return img.convert("RGB") if img.mode != "RGB" else img.copy()
-        except InputError:
-            raise
-        except Exception as e:
-            raise InputError(None, f"not a valid PDF (page {i}: {type(e).__name__}: {e})") from None
+            with _PDFIUM_LOCK:
+                layout = self._layout(doc, limits)
+            for page in layout:
+                with _PDFIUM_LOCK:
+                    image = _render_page(doc, page)
+                    page_text = _page_text(doc, page.index) if text else None
+                yield PDFPage(index=page.index, image=image, text=page_text)  # never yield holding the lock
         finally:
-            if bitmap is not None:
-                bitmap.close()
-            if page is not None:
-                page.close()
+            if _PDFIUM_LOCK.acquire(timeout=_CLOSE_LOCK_TIMEOUT_S):
+                try:
+                    doc.close()
+                finally:
+                    _PDFIUM_LOCK.release()
+
+    def _layout(self, doc, limits: InputLimits) -> list[_PagePlan]:  # lock held
+        """Each selected page's render size, from page sizes alone, within both pixel budgets.
+
+        Why before rendering: a 2 KB PDF can declare 16 pages of 14400 pt (and rendering them
+        all took +2.6 GB), and loading a page already inflates its content streams.
+        """
+        try:
+            n = len(doc)
+        except Exception as e:
+            raise InputError(None, f"not a valid PDF ({e})") from None
+        if n == 0:
+            raise InputError(None, "not a valid PDF (no pages)")
+        per_page = min(limits.max_pdf_pixels_per_page, limits.max_image_pixels)
+        layout = []
+        for i in self._selected(n, limits):
+            try:
+                w_pt, h_pt = doc.get_page_size(i)
+            except Exception as e:
+                raise InputError(None, f"not a valid PDF (page {i}: {type(e).__name__}: {e})") from None
+            layout.append(_fit_page(i, w_pt, h_pt, self.dpi / 72.0, per_page))
+        total = sum(p.pixels for p in layout)
+        if total > limits.max_pdf_pixels:
+            raise InputError(None, f"PDF would render to {total} pixels over {len(layout)} pages, more than "
+                                   f"max_pdf_pixels={limits.max_pdf_pixels}; select fewer pages or a lower dpi")
+        return layout
+
+
+@dataclass(frozen=True)
+class _PagePlan:
+    """How one page is rendered: the scale (pixels per point) and the bitmap size it gives."""
+
+    index: int
+    scale: float
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def _fit_page(i: int, w_pt: float, h_pt: float, scale: float, budget: int) -> _PagePlan:
+    """Render at ``scale``, lowered (aspect kept) when the page would exceed ``budget`` pixels."""
+    if not (w_pt > 0 and h_pt > 0 and math.isfinite(w_pt * h_pt)):
+        raise InputError(None, f"not a valid PDF (page {i} has size {w_pt}x{h_pt})")
+    if math.ceil(w_pt * scale) * math.ceil(h_pt * scale) > budget:
+        scale = math.sqrt(budget / (w_pt * h_pt))
+        while scale > 0 and math.ceil(w_pt * scale) * math.ceil(h_pt * scale) > budget:
+            scale *= 0.995
+    w, h = math.ceil(w_pt * scale), math.ceil(h_pt * scale)   # pypdfium2's bitmap size
+    if w < 1 or h < 1:
+        raise InputError(None, f"PDF page {i} cannot be rendered within the pixel limit")
+    return _PagePlan(i, scale, w, h)
+
+
+def _render_page(doc, plan: _PagePlan) -> PILImage.Image:  # lock held
+    page = None
+    bitmap = None
+    try:
+        page = doc[plan.index]
+        bitmap = page.render(scale=plan.scale)
+        img = bitmap.to_pil()
+        # Own the pixels before the pdfium bitmap is freed.
+        return img.convert("RGB") if img.mode != "RGB" else img.copy()
+    except InputError:
+        raise
+    except Exception as e:
+        raise InputError(None, f"not a valid PDF (page {plan.index}: {type(e).__name__}: {e})") from None
+    finally:
+        if bitmap is not None:
+            bitmap.close()
+        if page is not None:
+            page.close()
 
 
 def _open_document(data: bytes):  # -> pypdfium2.PdfDocument; caller holds the pdfium lock

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..tasks import ADAPTERS, TaskSpec
+from .text_bounds import TextIds, bounded_ids
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,15 @@ class Processor(ABC):
         """Tokens a text costs with its prompt and special tokens (before any truncation)."""
         head, tail = self.special_ids()
         return len(head) + len(self.prompted_ids(text, task)) + len(tail)
+
+    def bounded_ids(self, text: str, limit: int, task: TaskSpec | None = None) -> TextIds:
+        """Ids of ``text`` (after ``task``'s prompt when given, no specials) under ``limit``.
+
+        Only a prefix bounded by the limit is tokenised (:mod:`.text_bounds`): a text longer
+        than that is cut to its first ``limit`` ids, the same ids tokenising it whole gives.
+        """
+        encode = self.text_ids if task is None else (lambda s: self.prompted_ids(s, task))
+        return bounded_ids(encode, text, limit)
 
     def text_row(self, ids: list[int], task: TaskSpec, *, truncated: bool = False) -> Prepared:
         """A text row from ready ids (prompt and specials included); pooled over every token."""

@@ -42,14 +42,13 @@ class EncoderProcessor(FastTokenizerProcessor):
         limit = self.max_tokens if options.max_tokens is None else min(options.max_tokens, self.max_tokens)
         if limit <= self.n_special:
             raise ValueError(f"max_tokens={limit} leaves no room for text ({self.n_special} special tokens)")
-        enc = self.tokenizer.encode(self.prompts.get(task.prompt, "") + item, add_special_tokens=False)
-        n = len(enc.ids) + self.n_special
-        truncated = n > limit
-        if truncated:
-            if not options.truncate:
-                raise ValueError(f"input has {n} tokens but the limit is {limit} (truncate=False)")
-            enc.truncate(limit - self.n_special)
-        ids = list(self.tokenizer.post_process(enc).ids)
+        room = limit - self.n_special
+        got = self.bounded_ids(item, room, task)     # never tokenises more than the limit needs
+        truncated = got.over
+        if truncated and not options.truncate:
+            raise ValueError(f"input has {got.count(self.n_special)} tokens but the limit is {limit} "
+                             "(truncate=False)")
+        ids = self._head + got.ids[:room] + self._tail
         return Prepared(kind=kind, task=task, input_ids=ids, truncated=truncated, ocr_text=ocr_text)
 
     def prompted_ids(self, text: str, task: TaskSpec) -> list[int]:

@@ -110,17 +110,15 @@ class JinaV4Processor(FastTokenizerProcessor):
         raise TypeError(f"jina-v4 takes str or PIL.Image inputs, got {type(item).__name__}")
 
     def _prepare_text(self, text: str, task: TaskSpec, options: PrepareOptions) -> Prepared:
-        ids = self.prompted_ids(text, task)
+        limit = min(options.max_tokens or self.max_tokens, self.max_tokens)
+        got = self.bounded_ids(text, limit, task)    # never tokenises more than the limit needs
+        ids = got.ids
         if self.image_token_id in ids or self.video_token_id in ids:
             raise ValueError("text contains <|image_pad|> or <|video_pad|>, which only image inputs may use")
-        limit = min(options.max_tokens or self.max_tokens, self.max_tokens)
-        truncated = False
-        if len(ids) > limit:
-            if not options.truncate:
-                raise ValueError(f"text is {len(ids)} tokens (prompt included), over the limit of {limit}; "
-                                 "pass truncate=True to cut the end")
-            ids, truncated = ids[:limit], True
-        return Prepared(kind="text", task=task, input_ids=ids, truncated=truncated)
+        if got.over and not options.truncate:
+            raise ValueError(f"text is {got.count()} tokens (prompt included), over the limit of {limit}; "
+                             "pass truncate=True to cut the end")
+        return Prepared(kind="text", task=task, input_ids=ids[:limit], truncated=got.over)
 
     def _prepare_image(self, img: PILImage.Image, task: TaskSpec, options: PrepareOptions) -> Prepared:
         img = img.convert("RGB") if img.mode != "RGB" else img    # the reference: alpha dropped, not composited
