@@ -23,8 +23,8 @@ import omnivec
 from omnivec import heads, outputs
 from omnivec.embedder import Embedder
 from omnivec.execution import token_states
-from omnivec.models.base import PrepareOptions, UnknownTaskAdapter
-from omnivec.tasks import TaskSpec, resolve_task
+from omnivec.models.base import PrepareOptions
+from omnivec.tasks import resolve_task
 from omnivec.testing import FakeModel, make_tiny_jina_v4
 
 pytestmark = pytest.mark.slow  # builds a tiny encoder and a tiny jina-v4 checkpoint, runs each family

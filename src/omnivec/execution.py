@@ -26,17 +26,11 @@ def run_batch(model: EmbeddingModel, batch: Sequence[Prepared], *, dense: bool =
         return ForwardOutput(torch.zeros(0, model.dim) if dense else None, [] if multivector else None)
     with torch.inference_mode():
         ts = model.token_states(batch)
-        return outputs_of(model, ts, [p.pool_span for p in batch], dense=dense, multivector=multivector)
-
-
-def outputs_of(model: EmbeddingModel, ts: TokenStates, spans: Sequence[tuple[int, int]], *,
-               dense: bool, multivector: bool) -> ForwardOutput:
-    """The heads applied to token states already computed (rows pooled over ``spans``)."""
-    dense_out = _to_host(heads.pool(ts, spans)) if dense else None
-    multi_out = None
-    if multivector:
-        multi = heads.project(ts, model.projector)
-        multi_out = list(torch.split(_to_host(torch.cat(multi)), ts.lengths)) if ts.states.is_cuda else multi
+        dense_out = _to_host(heads.pool(ts, [p.pool_span for p in batch])) if dense else None
+        multi_out = None
+        if multivector:
+            multi = heads.project(ts, model.projector)
+            multi_out = list(torch.split(_to_host(torch.cat(multi)), ts.lengths)) if ts.states.is_cuda else multi
     ready = None
     if ts.states.is_cuda:   # no sync here: the host copies finish while the next batch runs
         ready = torch.cuda.Event()

@@ -19,7 +19,7 @@ Capabilities are declared as data (:class:`Capabilities`), never guessed from at
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 import torch

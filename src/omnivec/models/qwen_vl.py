@@ -125,8 +125,6 @@ class JinaV4Model(EmbeddingModel):
         self.matryoshka_dims = tuple(int(d) for d in (jina_cfg.get("matryoshka_dims") or [self.dim]))
         self.pad_id = int(jina_cfg.get("pad_token_id") or getattr(text_cfg, "pad_token_id", None) or 151643)
         self.image_token_id = int(config.image_token_id)
-        self.vision_start_id = int(config.vision_start_token_id)
-        self.vision_end_id = int(config.vision_end_token_id)
         self.processor = JinaV4Processor(
             tokenizer, image_processor, config=config, min_pixels=min_pixels, max_pixels=max_pixels,
             tasks=TaskTable(adapters=tuple(adapters)),
