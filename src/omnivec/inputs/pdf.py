@@ -5,6 +5,7 @@ call in the process goes through this module, under one lock that never leaves i
 rendered one at a time (:meth:`PDF.iter_pages`), holding the lock only while a page is being
 rendered, never while a page is handed to the caller. Pixel budgets are applied from page
 sizes before any page is rendered: per page (the DPI is lowered to fit) and per document.
+What the document's Flate streams inflate to is counted before pdfium opens it (``pdf_streams``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from PIL import Image as PILImage
 
 from .limits import DecodePlan, InputError, InputLimits
+from .pdf_streams import check_inflated_size
 from .sources import describe_source, source_bytes
 
 __all__ = ["PDF", "PDFPage"]
@@ -125,6 +127,7 @@ class PDF:
         data = source_bytes(self.source, limits, "pdf")
         if not data:
             raise InputError(None, "not a valid PDF (empty data)")
+        check_inflated_size(data, limits.max_pdf_inflated_bytes)  # before pdfium inflates any stream
         return data
 
     def _selected(self, n: int, limits: InputLimits) -> list[int]:
