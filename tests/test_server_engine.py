@@ -164,14 +164,42 @@ def test_exclusive_job_runs_after_queued_rows_and_before_later_ones() -> None:
 
 def test_admission_budget() -> None:
     engine = Engine(Embedder(FakeModel()), max_pending_items=4)
-    engine.admit(10)                            # alone: admitted even over budget
+    big, small, other = (engine.admission.ticket() for _ in range(3))
+    big.reserve("items", 10)                    # alone: admitted even over budget
+    with pytest.raises(Overloaded) as e:
+        small.reserve("items", 1)
+    assert e.value.resource == "items" and "max_pending_items" in str(e.value)
+    big.release()
+    small.reserve("items", 3)
+    other.reserve("items", 1)
     with pytest.raises(Overloaded):
-        engine.admit(1)
-    engine.release(10)
-    engine.admit(3)
-    engine.admit(1)
+        other.reserve("items", 1)               # a refusal holds nothing more
+    assert engine.admission.in_use["items"] == 4
+    with small, other:
+        pass                                    # leaving the block gives everything back
+    assert engine.admission.in_use["items"] == 0
+
+
+def test_each_budget_counts_what_requests_hold() -> None:
+    engine = Engine(Embedder(FakeModel()), budgets={"tokens": 100, "pixels": 1000, "values": 50})
+    a, b = engine.admission.ticket(), engine.admission.ticket()
+    a.reserve("tokens", 90)
+    a.reserve("pixels", 5000)                   # alone in pixels: admitted over budget
+    b.reserve("tokens", 10)                     # 100: full, not over
+    b.reserve("values", 50)
+    for resource in ("tokens", "pixels"):
+        with pytest.raises(Overloaded) as e:
+            b.reserve(resource, 1)
+        assert e.value.resource == resource
     with pytest.raises(Overloaded):
-        engine.admit(1)
+        a.reserve("tokens", 1)                  # b holds tokens too: nobody may go over now
+    b.release("tokens")
+    a.reserve("tokens", 1000)                   # alone in tokens again: admitted over budget
+    assert engine.admission.in_use["tokens"] == 1090
+    a.release("pixels")
+    b.reserve("pixels", 1000)
+    a.release(), b.release()
+    assert all(v == 0 for v in engine.admission.in_use.values())
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +228,17 @@ def test_api_key_required_in_both_dialects(slow_server) -> None:
     assert httpx.get(slow_server.url + "/v1/models").status_code == 401
     assert httpx.post(url, json=jina, headers=AUTH).status_code == 200
     assert httpx.get(slow_server.url + "/health").status_code == 200   # probes stay open
+    for private in ("/metrics", "/docs", "/openapi.json"):             # the rest needs the key
+        assert httpx.get(slow_server.url + private).status_code == 401, private
+        assert httpx.get(slow_server.url + private, headers=AUTH).status_code == 200, private
+
+
+def test_public_metrics_is_a_choice() -> None:
+    settings = ServerSettings(api_keys=["k"], public_metrics=True)
+    with LiveServer(create_app(Embedder(FakeModel()), settings)) as server:
+        for public in ("/metrics", "/docs", "/openapi.json", "/health", "/ready"):
+            assert httpx.get(server.url + public).status_code == 200, public
+        assert httpx.get(server.url + "/v1/models").status_code == 401
 
 
 def test_body_cap_refused_before_reading(slow_server) -> None:
@@ -229,7 +268,7 @@ def test_url_inputs_to_private_addresses_refused(slow_server) -> None:
 
 def test_back_pressure_and_disconnect(slow_server) -> None:
     url = slow_server.url + "/v1/embeddings"
-    before = httpx.get(slow_server.url + "/metrics").text
+    before = httpx.get(slow_server.url + "/metrics", headers=AUTH).text
     results: dict[str, httpx.Response] = {}
 
     def busy():
@@ -239,7 +278,7 @@ def test_back_pressure_and_disconnect(slow_server) -> None:
     t.start()
     engine = slow_server.server.config.app.state.omnivec.engine
     for _ in range(1000):                        # 3 of 4 pending items taken (no fixed sleep: a
-        if engine.pending_items >= 3:            # loaded machine may admit it later than 0.15 s)
+        if engine.admission.in_use["items"] >= 3:   # loaded machine may admit it later than 0.15 s)
             break
         time.sleep(0.005)
     r = httpx.post(url, json={"model": "default", "input": ["d", "e"]}, headers=AUTH)
@@ -254,7 +293,7 @@ def test_back_pressure_and_disconnect(slow_server) -> None:
                                                         headers=AUTH, timeout=30))
             for _ in range(200):
                 await asyncio.sleep(0.005)
-                queued = metric((await client.get(slow_server.url + "/metrics")).text, "omnivec_queue_depth")
+                queued = metric((await client.get(slow_server.url + "/metrics", headers=AUTH)).text, "omnivec_queue_depth")
                 if queued >= 1:
                     break
             assert queued >= 1 and not request.done()
@@ -265,7 +304,7 @@ def test_back_pressure_and_disconnect(slow_server) -> None:
     t.join()
     assert results["busy"].status_code == 200
     time.sleep(0.6)
-    after = httpx.get(slow_server.url + "/metrics").text
+    after = httpx.get(slow_server.url + "/metrics", headers=AUTH).text
     assert metric(after, "omnivec_dropped_items_total") - metric(before, "omnivec_dropped_items_total") == 1
     assert metric(after, "omnivec_rejected_requests_total") >= 1
     assert httpx.post(url, json={"model": "default", "input": ["after"]}, headers=AUTH).status_code == 200
@@ -412,21 +451,22 @@ def test_retry_after_follows_the_measured_drain_rate() -> None:
     async def main() -> list[int]:
         engine.start()
         try:
-            engine.admit(1)
+            one, other = engine.admission.ticket(), engine.admission.ticket()
+            one.reserve("items", 1)
             with pytest.raises(Overloaded) as before:  # nothing measured yet: the floor
-                engine.admit(4)
-            engine.release(1)
+                other.reserve("items", 4)
+            one.release()
             task = resolve_task("text-matching")
             prepared, _ = await engine.prepare([f"t{i}" for i in range(6)], [task] * 6, PrepareOptions(),
                                                engine.embedder.limits)
             await engine.submit(prepared, multivector=False)   # 6 passes of 1 row: ~20 rows/s
             seen = [before.value.retry_after]
             for pending in (40, 100000):
-                engine.admit(pending)                           # alone: admitted over budget
+                one.reserve("items", pending)                   # alone: admitted over budget
                 with pytest.raises(Overloaded) as e:
-                    engine.admit(1)
+                    other.reserve("items", 1)
                 seen.append(e.value.retry_after)
-                engine.release(pending)
+                one.release()
             return seen
         finally:
             await engine.stop()

@@ -169,6 +169,8 @@ def serve(
                                           help="Extra accepted model names, e.g. jina-embeddings-v4 (repeatable)."),
     allow_url_fetch: bool = typer.Option(False, "--allow-url-fetch",
                                          help="Let inputs be http(s) URLs (private addresses stay refused)."),
+    public_metrics: bool = typer.Option(False, "--public-metrics",
+                                        help="With --api-key: leave /metrics, /docs and /openapi.json open."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: GPU if present)."),
     max_body_mb: float = typer.Option(64.0, "--max-body-mb", help="Largest accepted request body."),
     max_wait_ms: float = typer.Option(5.0, "--max-wait-ms",
@@ -181,12 +183,12 @@ def serve(
     adapters: Optional[str] = typer.Option(None, "--adapters", help=ADAPTERS_HELP),
 ) -> None:
     """Serve the HTTP API (Jina- and OpenAI-compatible /v1/embeddings) with cross-request batching."""
-    import uvicorn
-
     import omnivec
     from omnivec.server import ServerSettings, create_app
+    from omnivec.server.http import serve as serve_http
     settings = ServerSettings(model_aliases=list(model_alias), api_keys=list(api_key),
-                              allow_url_fetch=allow_url_fetch, max_body_bytes=int(max_body_mb * 2**20),
+                              allow_url_fetch=allow_url_fetch, public_metrics=public_metrics,
+                              max_body_bytes=int(max_body_mb * 2**20),
                               max_wait_ms=max_wait_ms, max_pending_items=max_pending,
                               max_response_values=max_response_values)
     load_kwargs = {} if adapters is None else {"adapters": None if adapters.lower() == "none" else adapters}
@@ -197,7 +199,7 @@ def serve(
               f"(ready when {url}/ready says so; docs at {url}/docs)", soft_wrap=True)
     err.print(f"try:  curl -s {url}/v1/embeddings -H 'Content-Type: application/json'{auth} "
               "-d '{\"model\": \"default\", \"input\": [\"hello world\"]}'", markup=False, highlight=False, soft_wrap=True)
-    uvicorn.run(app_, host=host, port=port, log_level=log_level)
+    serve_http(app_, settings, host=host, port=port, log_level=log_level)
 
 
 @app.command("eval")

@@ -236,15 +236,20 @@ class Embedder:
         return _score(a, b)
 
     def prepare_inputs(self, inputs: Sequence[Any], tasks: Sequence[TaskSpec], options: PrepareOptions,
-                       limits: InputLimits | None = None, start: int = 0) -> tuple[list[Prepared], list[int]]:
+                       limits: InputLimits | None = None, start: int = 0,
+                       on_planned: Callable[[int], None] | None = None,
+                       on_prepared: Callable[[Prepared], None] | None = None) -> tuple[list[Prepared], list[int]]:
         """Parse and prepare ``inputs`` (``tasks[i]`` for input ``start + i``) on the CPU.
 
         Returns the prepared items (a PDF gives one per page) and, per item, the index of the
-        input it came from (offset by ``start``). Errors name that index. Thread-safe: the
-        server's engine calls it from a worker pool.
+        input it came from (offset by ``start``). Errors name that index. ``on_planned`` is
+        :func:`~omnivec.inputs.parse_inputs`'s hook (decoded pixels, before decoding);
+        ``on_prepared(item)`` sees each prepared item in order and may raise to stop the rest
+        (the server refuses an over-budget answer after the first items, not after all).
+        Thread-safe: the server's engine calls it from a worker pool.
         """
         try:
-            items, local = parse_inputs(list(inputs), limits or self.limits)
+            items, local = parse_inputs(list(inputs), limits or self.limits, on_planned)
         except InputError as e:
             raise InputError(None if e.index is None else start + e.index, e.reason) from e
         origins = [start + i for i in local]
@@ -252,10 +257,13 @@ class Embedder:
         threads = self.model.prepare_threads
         if threads > 1 and len(jobs) > 1:
             # Image resizing/patchifying and tokenisers release the GIL: spread them over cores.
-            with ThreadPoolExecutor(max_workers=min(threads, len(jobs)),
-                                    thread_name_prefix="omnivec-prepare-item") as pool:
-                return list(pool.map(lambda job: self._prepare(*job), jobs)), origins
-        return [self._prepare(*job) for job in jobs], origins
+            pool = ThreadPoolExecutor(max_workers=min(threads, len(jobs)), thread_name_prefix="omnivec-prepare-item")
+            try:
+                results: Iterable[Prepared] = pool.map(lambda job: self._prepare(*job), jobs)
+                return _observed(results, on_prepared), origins
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)   # after a raise: skip the rest
+        return _observed((self._prepare(*job) for job in jobs), on_prepared), origins
 
     def _prepare_chunk(self, inputs: Sequence[Any], tasks: list[TaskSpec], start: int,
                        options: PrepareOptions, limits: InputLimits) -> Callable[[], tuple[list[Prepared], list[int]]]:
@@ -270,6 +278,15 @@ class Embedder:
             raise InputError(origin, e.reason) from e
         except ValueError as e:
             raise InputError(origin, str(e)) from e
+
+
+def _observed(items: Iterable[Prepared], on_prepared: Callable[[Prepared], None] | None) -> list[Prepared]:
+    out = []
+    for item in items:
+        if on_prepared is not None:
+            on_prepared(item)
+        out.append(item)
+    return out
 
 
 def _is_pil(x: Any) -> bool:

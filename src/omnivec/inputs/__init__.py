@@ -13,7 +13,9 @@ One job per module:
 * ``sources``: bytes, local paths, base64 and data URIs (:func:`decode_base64_image`).
 * ``images``: :class:`Image`, safe decoding, pixel modes, :func:`composite_on_white`.
 * ``pdf``: :class:`PDF` and :class:`PDFPage`; the only code that touches pdfium.
+* ``pdf_streams``: counts what a PDF's Flate streams inflate to, before pdfium opens it.
 * ``parse``: :func:`parse_inputs`.
+* ``prefetch``: :func:`fetch_url_inputs` (a request's URLs fetched before preparation).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .images import Image, composite_on_white
 from .limits import InputError, InputLimits
 from .parse import InputItem, parse_inputs
 from .pdf import PDF, PDFPage
+from .prefetch import fetch_url_inputs, has_url_inputs
 from .sources import decode_base64_image
 
 __all__ = [
@@ -36,4 +39,6 @@ __all__ = [
     "fetch_url",
     "decode_base64_image",
     "composite_on_white",
+    "fetch_url_inputs",
+    "has_url_inputs",
 ]

@@ -168,11 +168,13 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-def fetch_url(url: str, limits: InputLimits) -> bytes:
+def fetch_url(url: str, limits: InputLimits, *, deadline: float | None = None) -> bytes:
     """Fetch an http(s) URL safely (SSRF-vetted, pinned IP, capped size, hard deadline).
 
-    Redirects are followed by hand so each hop is vetted again. Raises InputError (index None)
-    for anything that goes wrong, including ``allow_url_fetch=False``.
+    Redirects are followed by hand so each hop is vetted again. The fetch stops after
+    ``limits.url_timeout_s``, or at ``deadline`` (a ``time.monotonic()`` value: the server's
+    per-request deadline for all of a request's URLs) if that comes first. Raises InputError
+    (index None) for anything that goes wrong, including ``allow_url_fetch=False``.
     """
     if not limits.allow_url_fetch:
         raise InputError(
@@ -180,7 +182,13 @@ def fetch_url(url: str, limits: InputLimits) -> bytes:
             "URL fetching is disabled (allow_url_fetch is off; the server enables it with "
             "--allow-url-fetch); send the image as base64 or a data URI instead",
         )
-    deadline = time.monotonic() + limits.url_timeout_s
+    own = time.monotonic() + limits.url_timeout_s
+    if deadline is not None and deadline < own:
+        timed_out = (f"URL fetch stopped: this request's URL inputs took longer than "
+                     f"url_request_timeout_s={limits.url_request_timeout_s:g} s together")
+    else:
+        deadline = own
+        timed_out = f"URL fetch timed out after {limits.url_timeout_s:g} s"
     tls = _tls_context()
     current = url
     for _hop in range(limits.max_redirects + 1):
@@ -188,7 +196,7 @@ def fetch_url(url: str, limits: InputLimits) -> bytes:
         addrs = _resolve_vetted(host, port, limits)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise InputError(None, f"URL fetch timed out after {limits.url_timeout_s:g} s")
+            raise InputError(None, timed_out)
         conn: http.client.HTTPConnection
         if scheme == "https":
             conn = _PinnedHTTPSConnection(host, port, addrs, remaining, tls)
@@ -223,7 +231,7 @@ def fetch_url(url: str, limits: InputLimits) -> bytes:
                 raise
             except (OSError, http.client.HTTPException, ValueError) as e:
                 if time.monotonic() >= deadline:
-                    raise InputError(None, f"URL fetch timed out after {limits.url_timeout_s:g} s") from None
+                    raise InputError(None, timed_out) from None
                 raise InputError(None, f"could not fetch URL ({type(e).__name__}: {e})") from None
         finally:
             timer.cancel()

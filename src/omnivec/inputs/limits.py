@@ -24,18 +24,24 @@ class InputLimits:
     allow_url_fetch: bool = True  # the server passes False unless --allow-url-fetch
     allow_private_urls: bool = False  # private/loopback/link-local/metadata refused unless True
     url_timeout_s: float = 10.0  # hard deadline for a whole fetch, redirects included
+    url_request_timeout_s: float = 15.0  # all URL fetches of one request together
+    # Bytes a PDF's compressed streams inflate to, counted (without keeping them) before pdfium
+    # opens the document: pdfium inflates a content stream whole (a 1 MB flate bomb of 1 GiB
+    # took +1.37 GB). 512 MiB still passes ~20 pages of 600-dpi losslessly compressed scans.
+    max_pdf_inflated_bytes: int = 512 * 2**20
     max_redirects: int = 5
     allow_local_paths: bool = True  # the server sets False: no request may read server files
 
     def __post_init__(self) -> None:
         for name in ("max_image_bytes", "max_image_pixels", "max_pdf_pages", "max_pdf_pixels_per_page",
-                     "max_pdf_pixels", "max_request_pixels"):
+                     "max_pdf_pixels", "max_request_pixels", "max_pdf_inflated_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"InputLimits.{name} must be >= 1")
         if self.max_redirects < 0:
             raise ValueError("InputLimits.max_redirects must be >= 0")
-        if not self.url_timeout_s > 0:
-            raise ValueError("InputLimits.url_timeout_s must be > 0")
+        for name in ("url_timeout_s", "url_request_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"InputLimits.{name} must be > 0")
 
 
 class InputError(ValueError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Union
 
 from PIL import Image as PILImage
@@ -26,7 +26,8 @@ def _check_text(text: str) -> None:
 
 
 def parse_inputs(
-    inputs: InputItem | Sequence[InputItem], limits: InputLimits = InputLimits()
+    inputs: InputItem | Sequence[InputItem], limits: InputLimits = InputLimits(),
+    on_planned: Callable[[int], None] | None = None,
 ) -> tuple[list[str | PILImage.Image], list[int]]:
     """Validate and load inputs into items (str or PIL image) plus each item's input index.
 
@@ -36,6 +37,8 @@ def parse_inputs(
     report the field. Every input is read and sized first (image headers, PDF page sizes)
     and nothing is decoded when their pixels add up to more than
     ``limits.max_request_pixels`` (InputError without an index: the request as a whole).
+    ``on_planned(pixels)``, when given, is called with that total after sizing and before any
+    decoding: the server reserves the pixels against its global budget there (it may raise).
     """
     if isinstance(inputs, (str, Image, PDF, PILImage.Image)):
         seq: Sequence[object] = [inputs]
@@ -53,7 +56,10 @@ def parse_inputs(
             plans.append(_plan(x, limits))
         except InputError as e:
             raise e.with_index(i) from e.__cause__
-    _check_request_pixels(sum(p.pixels for p in plans), limits)
+    planned = sum(p.pixels for p in plans)
+    _check_request_pixels(planned, limits)
+    if on_planned is not None:
+        on_planned(planned)
     items: list[str | PILImage.Image] = []
     origin: list[int] = []
     decoded = 0

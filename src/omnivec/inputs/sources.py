@@ -18,7 +18,7 @@ from PIL import Image as PILImage
 from .fetch import fetch_url
 from .limits import InputError, InputLimits
 
-__all__ = ["source_bytes", "decode_base64_image", "describe_source"]
+__all__ = ["source_bytes", "decode_base64_image", "describe_source", "is_url"]
 
 
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
@@ -146,6 +146,14 @@ def source_bytes(source: object, limits: InputLimits, kind: str) -> bytes:
         else "an http(s) URL, a data URI or base64 (local file paths are not allowed here)"
     )
     raise InputError(None, f"not a readable {kind} source: expected {where}")
+
+
+def is_url(source: object) -> bool:
+    """True when :func:`source_bytes` would fetch ``source`` over the network (an http(s) URL)."""
+    if not isinstance(source, str):
+        return False
+    s = source.strip()
+    return bool(_SCHEME_RE.match(s)) and s.split(":", 1)[0].lower() in ("http", "https")
 
 
 def describe_source(source: object) -> str:

@@ -67,6 +67,14 @@ class Prepared:
     def pool_span(self) -> tuple[int, int]:
         return self.pool_start, len(self.input_ids) if self.pool_end is None else self.pool_end
 
+    @property
+    def held_bytes(self) -> int:
+        """About the memory this row holds while it waits for a forward (the server budgets it):
+        the token list (~36 bytes a Python int and its slot) and any pixel/position tensors."""
+        tensors = sum(t.numel() * t.element_size() for t in (self.pixels, self.grid, self.positions)
+                      if t is not None)
+        return 36 * len(self.input_ids) + tensors + len(self.ocr_text or "")
+
 
 @dataclass
 class TokenStates:

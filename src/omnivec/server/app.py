@@ -1,9 +1,12 @@
 """FastAPI app: ``/v1/embeddings`` (Jina + OpenAI dialects), ``/v1/models``, health, metrics.
 
-Request path: auth -> JSON content type -> capped body read -> JSON (depth-bounded) -> dialect (``dialects/``) + strict validation ->
-admission (back-pressure) -> parse/prepare off the loop -> shared batches in the engine ->
-post-process and encode the response off the loop (``pipeline.py``). Every failure is a 4xx in
-the dialect's error shape (``errors.py``); a 5xx means a bug.
+Request path: HTTP framing and header limits (``framing.py``; header timeout in ``http.py``) ->
+auth -> JSON content type -> capped, deadline-bound body read -> JSON (depth-bounded) ->
+dialect (``dialects/``) + strict validation -> admission by cost (``admission.py``: items,
+then pixels, tokens, bytes and response values as each becomes known) -> URL inputs fetched on
+their own pool -> parse/prepare off the loop -> shared batches in the engine -> post-process,
+encoded vector by vector while streaming (``pipeline.py``, ``jsonstream.py``). Every failure is
+a 4xx in the dialect's error shape (``errors.py``); a 5xx means a bug.
 """
 from __future__ import annotations
 
@@ -12,18 +15,21 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import iterate_in_threadpool
 
 from ..embedder import Embedder
-from . import jsonbody, openapi, pipeline, protocol
+from . import framing, jsonbody, openapi, pipeline, protocol
 from .dialects import DIALECTS
-from .engine import Engine, Overloaded
+from .admission import Overloaded, Ticket
+from .engine import Engine
 from .errors import ApiError, error_body, unauthorized
 from .metrics import Metrics
-from .security import BodyTooLarge, check_api_key, read_body_capped
+from .security import BodyTimeout, BodyTooLarge, check_api_key, read_body_capped
 from .settings import ServerSettings
 
 log = logging.getLogger("omnivec.server")
@@ -57,8 +63,8 @@ def create_app(embedder: Embedder | None = None, settings: ServerSettings | None
     limits = settings.input_limits()
 
     def attach(emb: Embedder) -> None:
-        engine = Engine(emb, max_wait_ms=settings.max_wait_ms, max_pending_items=settings.max_pending_items,
-                        metrics=metrics)
+        engine = Engine(emb, max_wait_ms=settings.max_wait_ms, budgets=settings.budgets(),
+                        fetch_workers=settings.fetch_workers, metrics=metrics)
         engine.start()
         state.embedder, state.engine = emb, engine
         state.model_id = str(emb.info().get("model", "omnivec"))
@@ -86,9 +92,12 @@ def create_app(embedder: Embedder | None = None, settings: ServerSettings | None
             if state.engine is not None:
                 await state.engine.stop()
 
-    app = FastAPI(title="omnivec", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    # /openapi.json and /docs are routes of ours (below), so that they can need the API key.
+    app = FastAPI(title="omnivec", version="0.1.0", lifespan=lifespan, openapi_url=None, docs_url=None,
+                  redoc_url=None)
     app.state.omnivec = state
     openapi.install(app)
+    app.add_middleware(framing.RefuseAmbiguousFraming, max_header_bytes=settings.max_header_bytes)
     app.state.metrics = metrics
 
     def served_names() -> list[str]:
@@ -106,9 +115,23 @@ def create_app(embedder: Embedder | None = None, settings: ServerSettings | None
             return JSONResponse(body, status_code=503, headers={"Retry-After": "5"})
         return JSONResponse({"status": "ready", "model": state.model_id})
 
+    def private(request: Request) -> Response | None:
+        """401 for /metrics, /docs and /openapi.json when keys are set and they are not public."""
+        if settings.public_metrics or check_api_key(request.headers.get("authorization"), keys):
+            return None
+        return respond_error(unauthorized(), None, uuid.uuid4().hex[:16], "private")
+
     @app.get("/metrics")
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    async def prometheus(request: Request) -> Response:
+        return private(request) or Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_json(request: Request) -> Response:
+        return private(request) or JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> Response:
+        return private(request) or get_swagger_ui_html(openapi_url="/openapi.json", title="omnivec API")
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
@@ -140,10 +163,13 @@ def create_app(embedder: Embedder | None = None, settings: ServerSettings | None
                                headers={"Retry-After": "5"})
             jsonbody.require_json_content_type(request.headers.get("content-type"))
             try:
-                raw = await read_body_capped(request, settings.max_body_bytes)
-            except BodyTooLarge:
+                raw = await read_body_capped(request, settings.max_body_bytes, settings.body_timeout_s)
+            except BodyTooLarge:   # the rest of the body is not read: close rather than drain it
                 raise ApiError(413, f"request body is larger than {settings.max_body_bytes} bytes",
-                               "INPUT_BODY_TOO_LARGE") from None
+                               "INPUT_BODY_TOO_LARGE", headers={"Connection": "close"}) from None
+            except BodyTimeout as e:
+                raise ApiError(408, f"{e} (body_timeout_s)", "REQUEST_TIMEOUT",
+                               headers={"Connection": "close"}) from None
             body = jsonbody.parse(raw, settings.max_json_depth)
             dialect = protocol.detect_dialect(body)
             response = await embed(request, body, DIALECTS[dialect])
@@ -168,21 +194,33 @@ def create_app(embedder: Embedder | None = None, settings: ServerSettings | None
             raise ApiError(404, f"model {req.model!r} not found; served: {served_names()}",
                            "INPUT_MODEL_NOT_FOUND", param="model")
         spec = pipeline.build_spec(dialect, req, emb, settings.max_inputs)
+        ticket = engine.admission.ticket()
         try:
-            engine.admit(len(spec.inputs))
-        except Overloaded as e:
-            raise ApiError(503, str(e), "SERVICE_OVERLOADED", headers={"Retry-After": str(e.retry_after)}) from None
-        try:
-            work = pipeline.compute(spec, emb, engine, limits, settings.max_response_values)
+            ticket.reserve("items", len(spec.inputs))
+            work = pipeline.compute(spec, emb, engine, limits, ticket, settings.max_response_values)
             result, tokens, origins = await until_disconnect(request, work)
-        finally:
-            engine.release(len(spec.inputs))
+        except Overloaded as e:
+            ticket.release()
+            raise ApiError(503, str(e), "SERVICE_OVERLOADED", headers={"Retry-After": str(e.retry_after)}) from None
+        except BaseException:
+            ticket.release()
+            raise
+        ticket.release("items")
         metrics.items.inc(len(origins))
-        content = await engine.run_in_prepare_pool(pipeline.render, dialect, spec, result, tokens, origins,
-                                                   req.model)
-        return Response(content, media_type="application/json")
+        chunks = pipeline.render(dialect, spec, result, tokens, origins, req.model)
+        return StreamingResponse(stream_then_release(chunks, ticket), media_type="application/json")
 
     return app
+
+
+async def stream_then_release(chunks: Iterator[bytes], ticket: Ticket) -> AsyncIterator[bytes]:
+    """Send the response chunks (encoded on a worker thread, off the loop), then give back the
+    response's reserved values, also when the client leaves mid-stream."""
+    try:
+        async for chunk in iterate_in_threadpool(chunks):
+            yield chunk
+    finally:
+        ticket.release()
 
 
 async def until_disconnect(request: Request, work: Any) -> Any:

@@ -18,10 +18,13 @@ Why it looks like this:
   same either way; p95 on uniform loads is a little higher, as completions spread out.
 * An idle worker waits at most ``max_wait_ms`` after the first job for company, so requests
   arriving together share their first batch.
-* Memory stays flat: admission is refused (the caller answers 503 + Retry-After) when the
-  pending items would exceed ``max_pending_items``; a cancelled job's rows (client gone) are
-  dropped before they reach the model. Retry-After is the time the pending items need at the
-  measured drain rate (rows per second of forward over the last passes), 1..60 s.
+* Memory stays bounded: every request reserves what it will hold against global budgets
+  (``admission.py``: items, decoded pixels, queued tokens and bytes, response values) before
+  the step that allocates it; over a budget the caller answers 503 + Retry-After. A cancelled
+  job's rows (client gone) are dropped before they reach the model. Retry-After is the time
+  the pending items and tokens need at the measured drain rate (of the last passes), 1..60 s.
+* URL inputs are fetched on their own bounded pool (``fetch_workers``) before preparation,
+  with one deadline per request, so waiting on the network never holds a preparation thread.
 """
 from __future__ import annotations
 
@@ -39,18 +42,13 @@ import torch
 
 from ..batching import plan_batches
 from ..embedder import Embedder
-from ..inputs import InputLimits
+from ..inputs import InputLimits, fetch_url_inputs, has_url_inputs
 from ..models.base import Prepared, PrepareOptions
 from ..tasks import TaskSpec
+from .admission import Admission, Overloaded
 from .metrics import Metrics
 
-
-class Overloaded(Exception):
-    """Admission refused: too much work pending. ``retry_after`` is in seconds."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"server is busy; retry after {retry_after} s")
-        self.retry_after = retry_after
+__all__ = ["Engine", "Job", "JobResult", "Overloaded"]
 
 
 @dataclass
@@ -95,24 +93,25 @@ class Engine:
     """Owns the model: admission, preprocessing pool, one forward worker."""
 
     def __init__(self, embedder: Embedder, *, max_wait_ms: float = 5.0, max_pending_items: int = 8192,
-                 collect_tokens: int | None = None, prepare_workers: int = 2,
-                 metrics: Metrics | None = None) -> None:
+                 budgets: dict[str, int] | None = None, collect_tokens: int | None = None,
+                 prepare_workers: int = 2, fetch_workers: int = 4, metrics: Metrics | None = None) -> None:
         self.embedder = embedder
         self.model = embedder.model
         self.max_wait = max(0.0, max_wait_ms) / 1000.0
-        self.max_pending_items = max_pending_items
         # Each plan covers a few batches' worth of the oldest rows: enough choice to fill batches
         # across requests, little enough that planning before every forward stays cheap.
         self.collect_tokens = collect_tokens or 4 * embedder.batch_tokens
         self.metrics = metrics or Metrics()
-        self.pending_items = 0
-        self._passes: deque[tuple[int, float]] = deque(maxlen=32)   # (rows, seconds) of recent forwards
+        self.admission = Admission({"items": max_pending_items, **(budgets or {})}, self.retry_after,
+                                   on_refused=lambda _resource: self.metrics.rejected.inc())
+        self._passes: deque[tuple[int, int, float]] = deque(maxlen=32)   # (rows, tokens, seconds) of recent forwards
         self._queue: asyncio.Queue[Job] | None = None
         self._pool: list[_Row] = []         # dequeued rows waiting for a forward, oldest first
         self._turns: list[Job] = []         # jobs with rows in the pool, in round-robin order
         self._held: Job | None = None       # an exclusive job waiting for the pool to empty
         self._worker: asyncio.Task | None = None
         self._prepare_pool = ThreadPoolExecutor(max_workers=prepare_workers, thread_name_prefix="omnivec-pre")
+        self._fetch_pool = ThreadPoolExecutor(max_workers=fetch_workers, thread_name_prefix="omnivec-fetch")
         self._forward_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnivec-forward")
 
     # ------------------------------------------------------------------ lifecycle
@@ -128,49 +127,46 @@ class Engine:
             except asyncio.CancelledError:
                 pass
         self._prepare_pool.shutdown(wait=False, cancel_futures=True)
+        self._fetch_pool.shutdown(wait=False, cancel_futures=True)
         self._forward_pool.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ admission
-    def admit(self, n_items: int) -> None:
-        """Reserve room for ``n_items``; raise :class:`Overloaded` when over budget.
-
-        A request larger than the whole budget is still admitted when nothing else is pending
-        (it could never run otherwise; its size is capped by the protocol's input limit).
-        """
-        if self.pending_items and self.pending_items + n_items > self.max_pending_items:
-            self.metrics.rejected.inc()
-            raise Overloaded(retry_after=self.retry_after())
-        self.pending_items += n_items
-
-    def drain_rate(self) -> float | None:
-        """Rows per second of forward over the recent passes; None before any was measured."""
-        seconds = sum(s for _, s in self._passes)
-        return sum(n for n, _ in self._passes) / seconds if seconds > 0 else None
+    def drain_rate(self) -> tuple[float, float] | None:
+        """(rows, tokens) per second of forward over the recent passes; None before any pass."""
+        seconds = sum(s for _, _, s in self._passes)
+        if seconds <= 0:
+            return None
+        return sum(n for n, _, _ in self._passes) / seconds, sum(t for _, t, _ in self._passes) / seconds
 
     def retry_after(self) -> int:
-        """Seconds until the pending items drain at the measured rate, clamped to 1..60."""
+        """Seconds until the pending items and tokens drain at the measured rate, clamped to 1..60."""
         rate = self.drain_rate()
-        if not rate:
+        if not rate or not rate[0]:
             return 1
-        return min(60, max(1, math.ceil(self.pending_items / rate)))
-
-    def release(self, n_items: int) -> None:
-        self.pending_items = max(0, self.pending_items - n_items)
+        pending = self.admission.in_use
+        wait = max(pending["items"] / rate[0], pending["tokens"] / rate[1] if rate[1] else 0.0)
+        return min(60, max(1, math.ceil(wait)))
 
     # ------------------------------------------------------------------ preprocessing
     async def prepare(self, inputs: Sequence[Any], tasks: list[TaskSpec], options: PrepareOptions,
-                      limits: InputLimits) -> tuple[list[Prepared], list[int]]:
-        """Parse (decode images, render PDFs) and prepare (tokenise, OCR) off the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._prepare_pool, self._prepare_sync, list(inputs), tasks,
-                                          options, limits)
+                      limits: InputLimits, *, deadline: float | None = None,
+                      on_planned: Callable[[int], None] | None = None,
+                      on_prepared: Callable[[Prepared], None] | None = None) -> tuple[list[Prepared], list[int]]:
+        """Fetch URL inputs (own pool, by ``deadline``), then parse and prepare off the event loop.
 
-    def _prepare_sync(self, inputs: list[Any], tasks: list[TaskSpec], options: PrepareOptions,
-                      limits: InputLimits) -> tuple[list[Prepared], list[int]]:
-        return self.embedder.prepare_inputs(inputs, tasks, options, limits)
+        ``on_planned(pixels)`` runs after the inputs are sized and before any is decoded,
+        ``on_prepared(item)`` after each item is prepared (see ``Embedder.prepare_inputs``).
+        """
+        loop = asyncio.get_running_loop()
+        inputs = list(inputs)
+        if has_url_inputs(inputs):
+            inputs = await loop.run_in_executor(self._fetch_pool, fetch_url_inputs, inputs, limits, deadline)
+        return await loop.run_in_executor(
+            self._prepare_pool, lambda: self.embedder.prepare_inputs(inputs, tasks, options, limits,
+                                                                     on_planned=on_planned, on_prepared=on_prepared))
 
     async def run_in_prepare_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """CPU work that is not a forward (response encoding) also stays off the loop."""
+        """CPU work that is not a forward (late-chunking plans) also stays off the loop."""
         return await asyncio.get_running_loop().run_in_executor(self._prepare_pool, fn, *args)
 
     # ------------------------------------------------------------------ submission
@@ -305,7 +301,8 @@ class Engine:
             started = time.perf_counter()
             try:
                 outputs = await loop.run_in_executor(self._forward_pool, self._forward, batch)
-                self._passes.append((len(batch), time.perf_counter() - started))
+                self._passes.append((len(batch), sum(r.prepared.cost for r in batch),
+                                     time.perf_counter() - started))
             except asyncio.CancelledError:
                 raise
             except BaseException as e:  # noqa: BLE001 - fails only the jobs in this batch

@@ -16,13 +16,16 @@ from . import protocol
 _REF = "#/components/schemas/{model}"
 
 ERRORS = {
-    400: "Malformed JSON body (syntax, or nested too deeply).",
+    400: "Malformed JSON body (syntax, or nested too deeply), or ambiguous HTTP framing "
+         "(Content-Length with Transfer-Encoding).",
     401: "Missing or invalid API key (only when the server has keys).",
     404: "Unknown model name.",
+    408: "The request body did not arrive within the server's body_timeout_s.",
     413: "Request body over the server's size cap.",
     415: "Content-Type is not application/json (or application/*+json).",
+    431: "Request headers over the server's size or count limit.",
     422: "Invalid request: wrong types, unknown fields, bad inputs, or a response over the output budget.",
-    503: "Model still loading, or the server is busy (see Retry-After).",
+    503: "Model still loading, or the server is busy: a global budget is in use (see Retry-After).",
 }
 
 

@@ -8,9 +8,9 @@ encodings of :mod:`omnivec.outputs`).
 """
 from __future__ import annotations
 
-import json
+import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from pydantic import BaseModel, ValidationError
@@ -18,10 +18,12 @@ from pydantic import BaseModel, ValidationError
 from .. import heads, late_chunking, outputs
 from ..embedder import Embedder
 from ..inputs import InputError, InputLimits
-from ..models.base import PrepareOptions, UnknownTaskAdapter
+from ..models.base import Prepared, PrepareOptions, UnknownTaskAdapter
 from ..tasks import resolve_task
 from . import errors
+from .admission import Ticket
 from .engine import Engine, JobResult
+from .jsonstream import Deferred, iter_json
 
 
 @dataclass
@@ -86,28 +88,34 @@ def build_spec(dialect: Dialect, req: Any, emb: Embedder, max_inputs: int) -> Em
 ENCODING_COST = {"float": 1.0, "base64": 0.25, "binary": 0.125, "ubinary": 0.125}
 
 
-def check_output_budget(spec: EmbedSpec, tokens: list[int], emb: Embedder, max_values: int | None) -> None:
-    """422 before the forward when the response would carry more than ``max_values`` float-equivalents.
+def output_values(spec: EmbedSpec, tokens: list[int], emb: Embedder) -> int:
+    """Float-equivalent numbers the response will carry (multi-vector: a vector a token).
 
     ``tokens`` are the prepared rows' token counts: a multi-vector row has (at most) one vector
     of ``multivector_dim`` per token, a dense row one vector of ``dimensions``.
     """
-    if max_values is None:
-        return
     per_value = sum(ENCODING_COST[e] for e in spec.encodings)
     if spec.multivector:
-        values = sum(tokens) * emb.multivector_dim * per_value
-    else:
-        values = len(tokens) * (spec.dimensions or emb.dim) * per_value
-    if values > max_values:
-        raise errors.output_too_large(int(values), max_values, spec.multivector)
+        return int(sum(tokens) * emb.multivector_dim * per_value)
+    return int(len(tokens) * (spec.dimensions or emb.dim) * per_value)
 
 
-async def compute(spec: EmbedSpec, emb: Embedder, engine: Engine, limits: InputLimits,
+def check_output_budget(spec: EmbedSpec, tokens: list[int], emb: Embedder, max_values: int | None) -> int:
+    """The response's :func:`output_values`; 422 before the forward when over ``max_values``."""
+    values = output_values(spec, tokens, emb)
+    if max_values is not None and values > max_values:
+        raise errors.output_too_large(values, max_values, spec.multivector)
+    return values
+
+
+async def compute(spec: EmbedSpec, emb: Embedder, engine: Engine, limits: InputLimits, ticket: Ticket,
                   max_values: int | None = None) -> tuple[JobResult, list[int], list[int]]:
     """Raw outputs, tokens per prepared item, and each prepared item's input index.
 
-    ``max_values`` is the output budget (:func:`check_output_budget`), checked before the forward.
+    Each step first reserves on ``ticket`` what it will hold (``admission.py``): decoded
+    pixels before decoding, queued tokens/bytes and the response's values before the forward
+    (``max_values`` is also the per-request output cap, :func:`check_output_budget`). Tokens,
+    bytes and pixels are given back here; the values once the response is sent (the caller).
     """
     task = resolve_task(spec.task)
     try:
@@ -123,20 +131,39 @@ async def compute(spec: EmbedSpec, emb: Embedder, engine: Engine, limits: InputL
                 lambda: late_chunking.plan(emb.model.processor, spec.inputs, task, truncate=spec.truncate))
         except InputError as e:
             raise errors.input_error(e, spec.paths) from None
-        check_output_budget(spec, layout.tokens, emb, max_values)
+        ticket.reserve("values", check_output_budget(spec, layout.tokens, emb, max_values))
+        ticket.reserve("tokens", sum(layout.tokens))
         dense = await engine.run_exclusive(
             lambda: late_chunking.embed(emb.model, layout, batch_tokens=emb.batch_tokens))
+        ticket.release("tokens")
         return JobResult(dense, None), layout.tokens, list(range(len(spec.inputs)))
     options = PrepareOptions(truncate=spec.truncate)
+    deadline = time.monotonic() + limits.url_request_timeout_s
+    seen: list[int] = []
+
+    def over_budget_early(item: Prepared) -> None:   # refuse after the first items, not after all
+        seen.append(item.cost)
+        if len(seen) % 16 == 0:
+            check_output_budget(spec, seen, emb, max_values)
+
     try:
-        prepared, origins = await engine.prepare(spec.inputs, [task] * len(spec.inputs), options, limits)
+        prepared, origins = await engine.prepare(spec.inputs, [task] * len(spec.inputs), options, limits,
+                                                 deadline=deadline,
+                                                 on_planned=lambda pixels: ticket.reserve("pixels", pixels),
+                                                 on_prepared=over_budget_early)
     except InputError as e:
         raise errors.input_error(e, spec.paths) from None
-    check_output_budget(spec, [p.cost for p in prepared], emb, max_values)
+    finally:
+        ticket.release("pixels")
+    tokens = [p.cost for p in prepared]
+    ticket.reserve("values", check_output_budget(spec, tokens, emb, max_values))
+    ticket.reserve("tokens", sum(tokens))
+    ticket.reserve("bytes", sum(p.held_bytes for p in prepared))
     result = await engine.submit(prepared, spec.multivector)
+    ticket.release("tokens", "bytes")
     if spec.tokenized:
         spec.token_strings = [emb.model.processor.token_strings(p.input_ids) for p in prepared]
-    return result, [p.cost for p in prepared], origins
+    return result, tokens, origins
 
 
 def encode(vectors: np.ndarray, encoding: str) -> Any:
@@ -151,21 +178,24 @@ def encode(vectors: np.ndarray, encoding: str) -> Any:
     return packed[0].tolist() if vectors.ndim == 1 else packed.tolist()
 
 
-def postprocess(spec: EmbedSpec, result: JobResult) -> list[Any]:
-    """Each prepared item's vector(s), Matryoshka-sliced and normalised, in the requested encoding(s)."""
+def postprocess(spec: EmbedSpec, result: JobResult) -> list[Deferred]:
+    """Each prepared item's vector(s), Matryoshka-sliced and normalised, in the requested
+    encoding(s): deferred, so that each is encoded only when the response stream reaches it."""
     if spec.multivector:
         vectors: list[np.ndarray] = result.multivector or []
     else:
         vectors = list(heads.matryoshka(result.dense, spec.dimensions, spec.normalize))
-    payloads = []
-    for vec in vectors:
+
+    def payload(vec: np.ndarray) -> Any:
         values = {e: encode(vec, e) for e in spec.encodings}
-        payloads.append(values if spec.encoding_list else values[spec.encodings[0]])
-    return payloads
+        return values if spec.encoding_list else values[spec.encodings[0]]
+
+    return [Deferred(lambda vec=vec: payload(vec)) for vec in vectors]
 
 
 def render(dialect: Dialect, spec: EmbedSpec, result: JobResult, tokens: list[int], origins: list[int],
-           model_name: str) -> bytes:
-    """Post-process and serialise in the dialect's response shape; runs off the event loop."""
+           model_name: str) -> Iterator[bytes]:
+    """The response in the dialect's shape as JSON chunks, each vector encoded when reached
+    (:mod:`.jsonstream`); iterate it off the event loop."""
     body = dialect.response_body(spec, postprocess(spec, result), tokens, origins, model_name)
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+    return iter_json(body)

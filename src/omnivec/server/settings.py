@@ -25,7 +25,35 @@ class ServerSettings:
     # float64: 2048 x 512 tokens x 128 dims gave 2.65 GB), so 12M values ~ 240 MB of JSON, ~1 GB
     # peak while rendering. Dense answers stay far below (2048 inputs x 2048 dims = 4.2M).
     max_response_values: int = 12_000_000
+    # Work admitted at once, summed over every request in flight (a request alone is always
+    # admitted, within its own limits): prepared tokens waiting for a forward, output values
+    # held until answered (same units as max_response_values), decoded pixels being prepared.
+    # (omnivec.server.admission). Defaults: ~2000 full-length texts of the default model;
+    # 2 GiB of queued rows (jina-v4 image rows hold ~19 KB a token of pixels); two responses
+    # at the max_response_values cap; one request at the max_request_pixels cap.
+    max_pending_tokens: int = 1_000_000
+    max_pending_bytes: int = 2 * 2**30
+    max_pending_values: int = 24_000_000
+    max_decoding_pixels: int = 256_000_000
+    fetch_workers: int = 4             # threads for URL inputs, apart from the preparation pool
+    # /metrics, /docs and /openapi.json need the API key too when keys are set, unless True.
+    public_metrics: bool = False
+    # HTTP limits (uvicorn/h11; omnivec.server.http): a client must send its request headers
+    # within header_timeout_s of connecting (or of its previous response), its body within
+    # body_timeout_s; headers larger than max_header_bytes are refused; connections over
+    # max_connections get a 503.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    max_header_bytes: int = 16 * 1024
+    max_connections: int = 512
+    keep_alive_s: float = 5.0
     limits: InputLimits = field(default_factory=InputLimits)
+
+    def budgets(self) -> dict[str, int]:
+        """The global admission budgets, by resource (see ``omnivec.server.admission``)."""
+        return {"items": self.max_pending_items, "pixels": self.max_decoding_pixels,
+                "tokens": self.max_pending_tokens, "bytes": self.max_pending_bytes,
+                "values": self.max_pending_values}
 
     def input_limits(self) -> InputLimits:
         """The request limits: no local paths, ever; URLs only when allowed."""
