@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import iterate_in_threadpool
 
 from ..embedder import Embedder
@@ -96,7 +96,8 @@ def create_app(embedder: Embedder | None = None, settings: ServerSettings | None
     app = FastAPI(title="omnivec", version="0.1.0", lifespan=lifespan, openapi_url=None, docs_url=None,
                   redoc_url=None)
     app.state.omnivec = state
-    openapi.install(app)
+    protected = (*openapi.PROTECTED, *(() if settings.public_metrics else ("/metrics",))) if keys else ()
+    openapi.install(app, protected)
     app.add_middleware(framing.RefuseAmbiguousFraming, max_header_bytes=settings.max_header_bytes)
     app.state.metrics = metrics
 
@@ -104,11 +105,11 @@ def create_app(embedder: Embedder | None = None, settings: ServerSettings | None
         return [state.model_id, "default", *settings.model_aliases]
 
     # ------------------------------------------------------------------ small routes
-    @app.get("/health")
+    @app.get("/health", openapi_extra=openapi.HEALTH_OPERATION)
     async def health() -> dict:
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @app.get("/ready", openapi_extra=openapi.READY_OPERATION)
     async def ready() -> JSONResponse:
         if state.engine is None:
             body = {"status": "error" if state.load_error else "loading", "detail": state.load_error}
@@ -121,7 +122,7 @@ def create_app(embedder: Embedder | None = None, settings: ServerSettings | None
             return None
         return respond_error(unauthorized(), None, uuid.uuid4().hex[:16], "private")
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, openapi_extra=openapi.METRICS_OPERATION)
     async def prometheus(request: Request) -> Response:
         return private(request) or Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -133,7 +134,7 @@ def create_app(embedder: Embedder | None = None, settings: ServerSettings | None
     async def docs(request: Request) -> Response:
         return private(request) or get_swagger_ui_html(openapi_url="/openapi.json", title="omnivec API")
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", openapi_extra=openapi.MODELS_OPERATION)
     async def models(request: Request) -> Response:
         request_id = uuid.uuid4().hex[:16]
         if not check_api_key(request.headers.get("authorization"), keys):

@@ -33,6 +33,12 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": _REF.format(model=name)}
 
 
+def _json(name: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+UNAUTHORIZED = {"401": _json("ErrorEnvelope", ERRORS[401])}
+
 EMBEDDINGS_OPERATION: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -40,27 +46,44 @@ EMBEDDINGS_OPERATION: dict[str, Any] = {
                        "encoding_format or user, or token-id input; Jina otherwise.",
         "content": {"application/json": {"schema": {"anyOf": [_ref("JinaRequest"), _ref("OpenAIRequest")]}}},
     },
-    "responses": {str(status): {"description": text,
-                                "content": {"application/json": {"schema": _ref("ErrorEnvelope")}}}
-                  for status, text in ERRORS.items()},
+    "responses": {"200": _json("EmbeddingResponse", "The embeddings (sent as a chunked stream)."),
+                  **{str(status): _json("ErrorEnvelope", text) for status, text in ERRORS.items()}},
 }
+MODELS_OPERATION: dict[str, Any] = {"responses": {"200": _json("ModelList", "The served model names."),
+                                                  **UNAUTHORIZED}}
+METRICS_OPERATION: dict[str, Any] = {"responses": UNAUTHORIZED}
+HEALTH_OPERATION: dict[str, Any] = {"responses": {"200": _json("Status", "The process is up.")}}
+READY_OPERATION: dict[str, Any] = {"responses": {
+    "200": _json("Status", "The model is loaded."),
+    "503": _json("Status", "Still loading (status loading) or the load failed (status error, detail why); "
+                           "see Retry-After.")}}
+# Operations that need the API key when the server has keys (/metrics unless public_metrics).
+PROTECTED = ("/v1/embeddings", "/v1/models")
 
 
 def schemas() -> dict[str, Any]:
-    """JSON schemas of the request and error models, keyed by model name, refs into components."""
-    models = (protocol.JinaRequest, protocol.OpenAIRequest, protocol.ErrorEnvelope)
+    """JSON schemas of the request, response and error models, keyed by model name, refs into components."""
+    models = (protocol.JinaRequest, protocol.OpenAIRequest, protocol.ErrorEnvelope, protocol.EmbeddingResponse,
+              protocol.ModelList, protocol.Status)
     _, top = models_json_schema([(m, "validation") for m in models], ref_template=_REF)
     return top["$defs"]
 
 
-def install(app: FastAPI) -> None:
-    """Make ``app.openapi()`` include the models that :data:`EMBEDDINGS_OPERATION` refers to."""
+def install(app: FastAPI, protected: tuple[str, ...] = ()) -> None:
+    """Make ``app.openapi()`` include the models the operations above refer to, and declare
+    Bearer authentication on the ``protected`` paths (the server has keys)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = generate()
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(schemas())
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {}).update(schemas())
+            if protected:
+                components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+                for path in protected:
+                    for operation in schema["paths"].get(path, {}).values():
+                        operation["security"] = [{"bearer": []}]
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -23,9 +23,10 @@ plus the ``task``/``truncate`` extensions. These models are also the served Open
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool, StrictInt, StrictStr
+from annotated_types import Gt, Le
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, Strict, StrictBool, StrictStr
 
 MAX_INPUTS = 2048
 EMBEDDING_TYPES = ("float", "base64", "binary", "ubinary")
@@ -36,6 +37,22 @@ JINA_ONLY = ("task", "embedding_type", "late_chunking", "return_multivector",
 OPENAI_ONLY = ("encoding_format", "user")
 # Jina fields the OpenAI dialect also accepts (so ``extra_body={"task": ...}`` works).
 OPENAI_EXTENSIONS = ("task", "truncate")
+
+
+def _is_int_like(v: Any) -> bool:
+    """An integer, or a float with an integral value (JSON Schema's ``integer`` accepts 10.0)."""
+    return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
+
+
+def _whole(v: Any) -> Any:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+# Strict integers (no "1" -> 1, no true -> 1), but a whole-valued JSON number such as 10.0 is
+# the integer it spells: the served schema says ``integer``, which JSON Schema defines that way.
+WholeInt = Annotated[int, Strict(), BeforeValidator(_whole)]
+TokenIds = Annotated[list[WholeInt], Field(min_length=1)]
+Dimensions = Annotated[int, Strict(), Gt(0), Le(2048), BeforeValidator(_whole)]   # 2048: jina-v4's size
 
 
 class TextDoc(BaseModel):
@@ -61,9 +78,9 @@ class JinaRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     model: StrictStr
-    input: Union[JinaItem, list[JinaItem]]
+    input: Union[JinaItem, Annotated[list[JinaItem], Field(min_length=1)]]
     task: Optional[TaskName] = "text-matching"
-    dimensions: Optional[StrictInt] = Field(default=None, gt=0, le=2048)
+    dimensions: Optional[Dimensions] = None
     embedding_type: Optional[Union[EmbeddingType, list[EmbeddingType]]] = None
     truncate: Optional[StrictBool] = False
     late_chunking: Optional[StrictBool] = False
@@ -77,21 +94,23 @@ class OpenAIRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     model: StrictStr
-    input: Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]]
+    input: Union[StrictStr, Annotated[list[StrictStr], Field(min_length=1)], TokenIds,
+                 Annotated[list[TokenIds], Field(min_length=1)]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Optional[StrictInt] = Field(default=None, gt=0)
+    dimensions: Optional[Dimensions] = None
     user: Optional[StrictStr] = None
     task: Optional[TaskName] = "text-matching"
     truncate: Optional[StrictBool] = False
 
 
 def _is_token_ids(value: Any) -> bool:
+    """A list of integers, or a list of lists of integers (empty inner lists included: the
+    OpenAI model then names them, instead of a confusing Jina "not a string")."""
     if not isinstance(value, list) or not value:
         return False
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+    if all(_is_int_like(v) for v in value):
         return True
-    return all(isinstance(v, list) and v and all(isinstance(t, int) and not isinstance(t, bool) for t in v)
-               for v in value)
+    return all(isinstance(v, list) and all(_is_int_like(t) for t in v) for v in value)
 
 
 def detect_dialect(body: Any) -> Literal["jina", "openai"]:
@@ -136,6 +155,64 @@ def field_path(loc: tuple[Any, ...]) -> str:
 
 def usage(tokens: int) -> dict[str, int]:
     return {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
+# One vector in a wire encoding: floats, base64 of float32, packed bits (binary/ubinary), or
+# ``{encoding: value}`` when Jina's ``embedding_type`` is a list.
+Vector = Union[list[float], StrictStr, dict[str, Any]]
+Vectors = Union[list[list[float]], list[StrictStr], dict[str, Any]]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingItem(BaseModel):
+    """One item of ``data``: ``embedding`` (dense) or ``embeddings`` (Jina multi-vector, one
+    vector a token); PDF pages carry their ``input_index`` and ``page``."""
+
+    object: Literal["embedding", "embeddings"]
+    index: int
+    embedding: Optional[Vector] = None
+    embeddings: Optional[Vectors] = None
+    tokenized_input: Optional[list[str]] = None
+    input_index: Optional[int] = None
+    page: Optional[int] = None
+
+
+class EmbeddingResponse(BaseModel):
+    """Both dialects' success body (OpenAI's ``CreateEmbeddingResponse`` shape)."""
+
+    object: Literal["list"]
+    model: str
+    data: list[EmbeddingItem]
+    usage: Usage
+
+
+class ModelEntry(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+    name: str
+    input_modalities: list[str]
+    output_modalities: list[str]
+    context_length: Optional[int] = None
+    max_output_length: Optional[int] = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelEntry]
+
+
+class Status(BaseModel):
+    """``/health`` and ``/ready``: ``ok``/``ready``, or ``loading``/``error`` (503) with ``detail``."""
+
+    status: str
+    model: Optional[str] = None
+    detail: Optional[str] = None
 
 
 class FieldError(BaseModel):
