@@ -475,3 +475,18 @@ def test_retry_after_follows_the_measured_drain_rate() -> None:
     assert floor == 1
     assert 2 <= forty <= 8, forty      # ceil(40 / ~20 per s): at most 20 per s with 0.05 s per pass
     assert huge == 60                  # clamped
+
+
+def test_schema_valid_numbers_and_token_lists_are_read_as_the_schema_says() -> None:
+    # found by the fuzz test: JSON Schema's integer accepts 10.0, so the server must too; an empty
+    # inner token list is an OpenAI-dialect error naming it (not a Jina "not a string")
+    with LiveServer(create_app(Embedder(FakeModel()), ServerSettings())) as server:
+        url = server.url + "/v1/embeddings"
+        r = httpx.post(url, json={"model": "default", "input": "a b", "dimensions": 4.0})
+        assert r.status_code == 200 and len(r.json()["data"][0]["embedding"]) == 4, r.text
+        assert httpx.post(url, json={"model": "default", "input": "a", "dimensions": 4.5}).status_code == 422
+        assert httpx.post(url, json={"model": "default", "input": "a", "dimensions": "4"}).status_code == 422
+        r = httpx.post(url, json={"model": "default", "input": [[1, 2], []]})
+        assert r.status_code == 422 and r.json()["error"]["param"].startswith("input"), r.text
+        r = httpx.post(url, json={"model": "default", "input": []})
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "input", r.text
