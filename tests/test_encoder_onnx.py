@@ -94,10 +94,10 @@ def test_cache_is_reused(e5_dir, e5_onnx):
     file = encoder_onnx.onnx_cache_dir(e5_dir) / encoder_onnx.FLOAT_FILE
     assert file.is_file() and file.parent.parent.parent == e5_dir     # <e5 dir>/onnx/<key>/
     assert e5_onnx.backbone.file == file
-    before = (file.stat().st_mtime_ns, dict(encoder_onnx.export_count))
+    before = (file.stat().st_mtime_ns, dict(encoder_onnx.export_count), dict(encoder_onnx.child_builds))
     again = EncoderModel.from_directory(e5_dir, device="cpu")
     assert again.backend == "onnx"
-    assert (file.stat().st_mtime_ns, encoder_onnx.export_count) == before
+    assert (file.stat().st_mtime_ns, encoder_onnx.export_count, encoder_onnx.child_builds) == before
     assert not [p for p in file.parent.iterdir() if ".tmp-" in p.name]
 
 
@@ -114,10 +114,10 @@ def test_falls_back_to_torch_without_onnxruntime(monkeypatch):
 def test_falls_back_to_torch_when_export_fails(monkeypatch, tmp_path):
     monkeypatch.setenv("OMNIVEC_CACHE_DIR", str(tmp_path))           # cache miss: must export
 
-    def broken(backbone, out_file):
+    def broken(*args, **kwargs):
         raise RuntimeError("simulated exporter failure")
 
-    monkeypatch.setattr(encoder_onnx, "export_float", broken)
+    monkeypatch.setattr(encoder_onnx, "build_in_child", broken)
     with pytest.warns(RuntimeWarning, match="simulated exporter failure"):
         model = EncoderModel.from_directory(minilm_dir(), device="cpu")
     assert model.backend == "torch"

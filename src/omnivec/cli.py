@@ -160,6 +160,34 @@ def info(
 
 
 @app.command()
+def prepare(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or directory (default: embedded)."),
+    adapters: Optional[str] = typer.Option(None, "--adapters", help=ADAPTERS_HELP),
+    quantize: bool = typer.Option(False, "--quantize", help="Also build the int8 graphs (encoders on the CPU)."),
+    device: Optional[str] = typer.Option(None, "--device"),
+) -> None:
+    """Build every cached artifact the model needs (ONNX graphs of each task) ahead of time.
+
+    Exports run in child processes; afterwards `omnivec serve` is ready in seconds and no first
+    request of a task pays for a build. `scripts/install.sh` runs it for the default model.
+    """
+    import time
+
+    import omnivec
+    started = time.perf_counter()
+    kwargs: dict = {} if adapters is None else {"adapters": None if adapters.lower() == "none" else adapters}
+    if quantize:
+        kwargs["quantize"] = True
+    m = omnivec.load(model, device=device, **kwargs)
+    m.model.load_all_tasks()
+    tasks = m.info().get("task_adapters") or {}
+    err.print(f"[bold]omnivec[/bold] {m.info().get('model')} ready in {time.perf_counter() - started:.1f} s "
+              f"(backend {m.info().get('backend', 'torch')}; tasks: "
+              f"{', '.join(f'{t} -> {a}' for t, a in tasks.items()) if isinstance(tasks, dict) else tasks})",
+              soft_wrap=True)
+
+
+@app.command()
 def serve(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or directory (default: embedded)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind (0.0.0.0 exposes it)."),

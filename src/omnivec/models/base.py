@@ -282,6 +282,11 @@ class EmbeddingModel(ABC):
         """Shorthand for ``self.processor.prepare``."""
         return self.processor.prepare(item, task, options)
 
+    def load_all_tasks(self) -> None:
+        """Build or open now whatever any task needs later (cached graphs), so that no request
+        pays for it: the server calls this before ``/ready``, ``omnivec prepare`` ahead of time.
+        Families that need nothing per task keep this default."""
+
     def info(self) -> dict[str, Any]:
         return {
             "model": self.name,

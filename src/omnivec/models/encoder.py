@@ -309,9 +309,9 @@ class EncoderModel(EmbeddingModel):
             reason = _onnx_unavailable_reason()
             if reason is None:
                 try:
-                    from .encoder_onnx import load_onnx_backbone
+                    from .encoder_onnx import build_in_child, load_onnx_backbone
                     backbone = load_onnx_backbone(
-                        path, quantize=quantize, load_torch=lambda: _load_backbone(path, torch.float32))
+                        path, quantize=quantize, build=lambda: build_in_child(path, quantize=quantize))
                 except Exception as e:
                     reason = f"ONNX export/load failed ({type(e).__name__}: {e})"
             if backbone is None:
@@ -357,9 +357,14 @@ class EncoderModel(EmbeddingModel):
         model = cls(backbone, processor, name=name, projector=mv_projector, device=dev,
                     dtype=torch.float32 if quantize else dtype, quantized=quantize)
         if tasks and not isinstance(backbone, nn.Module):
-            model.task_graphs = TaskGraphs(path, adapter_dir, quantize, backbone.shared)
+            model.task_graphs = TaskGraphs(path, adapter_dir, quantize, backbone.shared, tasks)
         model.adapter_dir = adapter_dir
         return model
+
+    def load_all_tasks(self) -> None:
+        """Every task graph built (in a child process, if missing) and opened now."""
+        if self.task_graphs is not None:
+            self.task_graphs.open_all()
 
     def info(self) -> dict[str, Any]:
         info = super().info()
@@ -407,41 +412,72 @@ class EncoderModel(EmbeddingModel):
         return torch.from_numpy(hidden), row_tasks
 
 
+def adapter_key(adapter_dir: Path) -> str:
+    """Hash of a task-adapter folder's weights and config: task graphs are cached under it."""
+    import hashlib
+    digest = hashlib.sha256()
+    for f in ("adapter_model.safetensors", "adapter_config.json"):
+        digest.update((adapter_dir / f).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def task_variant(adapter_dir: Path, task: str) -> str:
+    """The cache variant name of ``task``'s merged graph (retraining changes the key: re-export)."""
+    return f"lora-{task}-{adapter_key(adapter_dir)}"
+
+
+def build_graph(model_dir: Path, *, quantize: bool = False, adapter_dir: Path | None = None,
+                task: str | None = None) -> Path:
+    """Export the bare graph, or ``task``'s with its adapter merged in, in this process
+    (what the child of :func:`~omnivec.models.encoder_onnx.build_in_child` runs)."""
+    from .encoder_onnx import build_onnx
+    if task is None:
+        return build_onnx(model_dir, quantize=quantize, load_torch=lambda: _load_backbone(model_dir, torch.float32))
+    assert adapter_dir is not None, "a task graph needs its adapter folder"
+    from ..adapters import load_adapters, merge_task
+
+    def merged() -> nn.Module:
+        bb = _load_backbone(model_dir, torch.float32)
+        load_adapters(bb, adapter_dir)
+        return merge_task(bb, task).eval()
+
+    return build_onnx(model_dir, quantize=quantize, load_torch=merged, variant=task_variant(adapter_dir, task))
+
+
 class TaskGraphs:
     """ONNX graphs of one encoder with each task adapter merged in, exported once and cached.
 
     Why: ONNX Runtime knows nothing of LoRA, but a task's adapter is just ``W + BA`` on some
     Linear layers. Each task's graph is keyed by the adapter file's hash, so retraining
-    re-exports. The first use of a task exports it (about 20-40 s on two cores), later loads
-    read the cache.
+    re-exports. A missing graph is built in a child process (about 20-40 s on two cores, said
+    on stderr) on the first use of its task, or ahead of time by :meth:`open_all`
+    (``omnivec prepare``, and the server before ``/ready``); later loads read the cache.
     """
 
-    def __init__(self, model_dir: Path, adapter_dir: Path, quantize: bool, shared: Any) -> None:
+    def __init__(self, model_dir: Path, adapter_dir: Path, quantize: bool, shared: Any,
+                 tasks: Sequence[str] = ()) -> None:
         """``shared``: the bare graph's initialisers every task graph reuses (word embeddings)."""
-        import hashlib
         self.model_dir, self.adapter_dir, self.quantize, self.shared = model_dir, adapter_dir, quantize, shared
-        digest = hashlib.sha256()
-        for f in ("adapter_model.safetensors", "adapter_config.json"):
-            digest.update((adapter_dir / f).read_bytes())
-        self.key = digest.hexdigest()[:16]
+        self.tasks = tuple(tasks)
+        self.key = adapter_key(adapter_dir)
         self.graphs: dict[str, Any] = {}
         self._lock = threading.Lock()     # two threads may ask for a new task's graph at once
 
     def get(self, task: str) -> Any:
         with self._lock:
             if task not in self.graphs:
-                from ..adapters import load_adapters, merge_task
-                from .encoder_onnx import load_onnx_backbone
-
-                def merged() -> nn.Module:
-                    bb = _load_backbone(self.model_dir, torch.float32)
-                    load_adapters(bb, self.adapter_dir)
-                    return merge_task(bb, task).eval()
+                from .encoder_onnx import build_in_child, load_onnx_backbone
 
                 # The bare graph's word-embedding matrix (a task adapter never changes it): one
                 # 384 MB copy on e5-small for every task instead of one each.
                 self.graphs[task] = load_onnx_backbone(
-                    self.model_dir, quantize=self.quantize, load_torch=merged,
-                    variant=f"lora-{task}-{self.key}", shared=self.shared)
+                    self.model_dir, quantize=self.quantize, variant=task_variant(self.adapter_dir, task),
+                    shared=self.shared,
+                    build=lambda: build_in_child(self.model_dir, quantize=self.quantize,
+                                                 adapter_dir=self.adapter_dir, task=task))
             return self.graphs[task]
 
+    def open_all(self) -> None:
+        """Build (if missing) and open every task's graph now, so no request pays for it."""
+        for task in self.tasks:
+            self.get(task)

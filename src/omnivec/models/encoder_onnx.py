@@ -11,12 +11,20 @@ the torch model, and cached::
 
     <model dir>/onnx/<key>/model.onnx         # model dirs inside omnivec's cache (e5)
     <cache>/onnx/<dir name>-<key>/model.onnx  # any other directory (read-only packages ...)
-                              model_int8.onnx # built on first quantize=True
+                              model.onnx.data # its large initializers (word embeddings)
+                              model.onnx.shared.json  # where they are in the data file
+                              model_int8.onnx # built on first quantize=True (+ .data, .json)
 
 ``<key>`` hashes the weight files' path, size and mtime (not their bytes: reading 470 MB on
 every load costs a second), ``config.json``, the onnxruntime version and :data:`EXPORT_VERSION`.
 Every file is written to a temporary sibling and renamed into place, so a crash or a
 concurrent loader never sees half a model.
+
+Why external data: loading used to parse the whole graph (470 MB on e5-small) to copy the word
+embeddings out (5 s and a ~900 MB peak). Now the large initializers are memory-mapped straight
+from the data file (:func:`shared_initializers`, no ``onnx`` import, no copy: only the rows
+that are looked up become resident) and handed to every session of the model, which then
+skips the file's copy.
 
 Only the backbone (ids -> last hidden state) lives in ONNX; pooling and the multi-vector
 projector stay in :class:`omnivec.models.encoder.EncoderModel`, shared with the torch path.
@@ -37,10 +45,14 @@ from typing import Any, Callable
 import numpy as np
 
 # Bump when the export / optimisation / quantisation recipe changes, so caches are rebuilt.
-EXPORT_VERSION = 1
+# 2: the word embeddings live in an external data file, memory-mapped at load (manifest beside).
+EXPORT_VERSION = 2
 FLOAT_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Initializers of at least this many bytes go to the external data file and are shared between
+# sessions: the word-embedding matrix (96M values, 384 MB on e5-small), never a layer's weights.
+SHARED_INITIALIZER_MIN_BYTES = 40_000_000
 # Exports and quantisations done by this process (tests check that a cache hit does neither).
 export_count = {"float": 0, "int8": 0}
 
@@ -77,15 +89,42 @@ def onnx_cache_dir(model_dir: str | Path) -> Path:
 
 
 def _atomic_write(final: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp_file)`` in a temporary sibling directory, then rename the file into place."""
+    """Run ``write(tmp_file)`` in a temporary sibling directory, then rename its files into place:
+    the companions first, ``final`` last (its presence means the whole set is complete)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         out = tmp / final.name
         write(out)
+        for companion in tmp.iterdir():
+            if companion.name != final.name:
+                os.replace(companion, final.parent / companion.name)
         os.replace(out, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _externalised(out: Path, write: Callable[[Path], None]) -> None:
+    """``write`` a self-contained graph, then store it as ``out`` with its large initializers in
+    ``out.data`` and their places in ``out.shared.json`` (what :func:`shared_initializers` reads)."""
+    import onnx
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    inline = out.with_name(out.name + ".inline")
+    write(inline)
+    model = onnx.load(str(inline))
+    inline.unlink()
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, location=out.name + ".data",
+                                   size_threshold=SHARED_INITIALIZER_MIN_BYTES)
+    onnx.save_model(model, str(out))
+    manifest = {}
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in init.external_data}
+            manifest[init.name] = {"dims": [int(d) for d in init.dims],
+                                   "dtype": onnx.helper.tensor_dtype_to_np_dtype(init.data_type).str,
+                                   "offset": int(info.get("offset", 0)), "length": int(info["length"])}
+    (out.parent / (out.name + ".shared.json")).write_text(json.dumps(manifest))
 
 
 def _uses_token_types(backbone: Any) -> bool:
@@ -215,24 +254,28 @@ class OnnxBackbone:
         return hidden
 
 
-SHARED_INITIALIZER_MIN_ELEMENTS = 10_000_000   # the word-embedding matrix (96M values on e5-small)
-
 
 def shared_initializers(file: Path) -> dict[str, Any]:
-    """The graph's large initializers (the word embeddings) as ``OrtValue``s other sessions can reuse.
+    """The graph's large initializers (the word embeddings) as ``OrtValue``s every session of
+    the model reuses, memory-mapped from the external data file (no copy, nothing parsed).
 
     Why: a task adapter never touches the embedding matrix, so every per-task graph of one
-    encoder holds the same 384 MB; handing each session the same ``OrtValue`` keeps one copy.
+    encoder holds the same 384 MB; handing each session the same ``OrtValue`` keeps one copy,
+    and mapping it keeps only the looked-up rows resident.
     """
-    import onnx
     import onnxruntime as ort
-    from onnx import numpy_helper
 
-    model = onnx.load(str(file))
+    manifest = json.loads((file.parent / (file.name + ".shared.json")).read_text())
+    data = file.parent / (file.name + ".data")
     out = {}
-    for init in model.graph.initializer:
-        if int(np.prod(init.dims)) >= SHARED_INITIALIZER_MIN_ELEMENTS:
-            out[init.name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(init)))
+    for name, info in manifest.items():
+        dtype = np.dtype(info["dtype"])
+        count = int(np.prod(info["dims"]))
+        if count * dtype.itemsize != info["length"]:
+            raise RuntimeError(f"{data}: initializer {name!r} has {info['length']} bytes, expected "
+                               f"{count * dtype.itemsize}; delete {file.parent} to rebuild it")
+        array = np.memmap(data, dtype=dtype, mode="r", offset=info["offset"], shape=tuple(info["dims"]))
+        out[name] = ort.OrtValue.ortvalue_from_numpy(array)   # wraps the mapping: the array stays referenced
     return out
 
 
@@ -261,26 +304,40 @@ def _check_against_torch(session: OnnxBackbone, backbone: Any) -> None:
                                f"{tuple(ref.shape)}, min cosine {float(cos.min()):.6f})")
 
 
-def load_onnx_backbone(model_dir: str | Path, *, quantize: bool = False,
-                       load_torch: Callable[[], Any], threads: int | None = None,
-                       variant: str | None = None, shared: dict[str, Any] | None = None) -> OnnxBackbone:
-    """The cached ONNX backbone of ``model_dir``, exporting (and quantising) it on first use.
+def json_config(model_dir: Path) -> Any:
+    """``config.json`` as attributes (what the ONNX path reads of it: hidden size, vocabulary,
+    pad id, positions). Why not ``AutoConfig``: importing transformers costs ~3 s of start-up."""
+    from types import SimpleNamespace
 
-    ``load_torch`` loads the float32 transformers model; it is only called on a cache miss.
-    ``variant`` names a weight variant of the same directory (a task adapter merged into the
-    weights by ``load_torch``, keyed by the adapter file's hash): it gets its own cache folder.
-    """
-    from transformers import AutoConfig
+    values = {"pad_token_id": None, **json.loads((model_dir / "config.json").read_text())}
+    return SimpleNamespace(**values)
 
-    model_dir = Path(model_dir)
+
+def onnx_file(model_dir: str | Path, *, quantize: bool = False, variant: str | None = None) -> Path:
+    """Where the cached graph of ``model_dir`` (a weight ``variant`` of it) lives."""
     cache = onnx_cache_dir(model_dir)
     if variant:
         cache = cache / variant
-    float_file = cache / FLOAT_FILE
+    return cache / (INT8_FILE if quantize else FLOAT_FILE)
+
+
+def build_onnx(model_dir: str | Path, *, quantize: bool = False, load_torch: Callable[[], Any],
+               variant: str | None = None, threads: int | None = None) -> Path:
+    """Export (and quantise) the graph into the cache if it is missing, in this process.
+
+    ``load_torch`` loads the float32 transformers model; it is only called when the float graph
+    is missing. ``variant`` names a weight variant of the same directory (a task adapter merged
+    into the weights by ``load_torch``, keyed by the adapter file's hash): its own cache folder.
+    The exporter holds several copies of the weights (8 GB peak for e5-small's three task
+    graphs), which is why serving processes run this in a child (:func:`build_in_child`).
+    """
+    model_dir = Path(model_dir)
+    float_file = onnx_file(model_dir, variant=variant)
+    cache = float_file.parent
     if not float_file.is_file():
         backbone = load_torch()
         start = time.perf_counter()
-        _atomic_write(float_file, lambda out: export_float(backbone, out))
+        _atomic_write(float_file, lambda out: _externalised(out, lambda tmp: export_float(backbone, tmp)))
         export_count["float"] += 1
         (cache / "export.json").write_text(json.dumps({
             "source": str(model_dir.resolve()), "export_version": EXPORT_VERSION,
@@ -292,13 +349,62 @@ def load_onnx_backbone(model_dir: str | Path, *, quantize: bool = False,
             float_file.unlink(missing_ok=True)     # never reuse a graph that failed the check
             raise
         del backbone
-    config = AutoConfig.from_pretrained(str(model_dir))
-    file = float_file
+    if not quantize:
+        return float_file
+    file = onnx_file(model_dir, quantize=True, variant=variant)
+    if not file.is_file():
+        _atomic_write(file, lambda out: _externalised(out, lambda tmp: quantize_int8(float_file, tmp)))
+        export_count["int8"] += 1
+    return file
+
+
+# Builds this process ran in a child (tests check that a cache hit runs none).
+child_builds = {"count": 0}
+
+
+def build_in_child(model_dir: str | Path, *, quantize: bool = False, adapter_dir: str | Path | None = None,
+                   task: str | None = None) -> None:
+    """Build a missing graph in a child Python process (``python -m omnivec.models.onnx_build``).
+
+    Why: the exporter's memory (several copies of the weights, up to 8 GB RSS for e5-small's
+    three task graphs) would otherwise stay with the process for good; a child returns it to
+    the system when it exits. Says on stderr what it builds and how long it took, since it
+    runs on the first use of a model or task (``omnivec prepare`` builds them ahead of time).
+    Raises RuntimeError with the child's last output when it fails.
+    """
+    import subprocess
+    import sys
+
+    what = f"task {task!r} of {Path(model_dir).name}" if task else Path(model_dir).name
+    kind = "int8 ONNX graph" if quantize else "ONNX graph"
+    print(f"omnivec: building the {kind} of {what} (once, cached; about a minute on two cores; "
+          "`omnivec prepare` does this ahead of time)...", file=sys.stderr, flush=True)
+    args = [sys.executable, "-m", "omnivec.models.onnx_build", str(model_dir)]
     if quantize:
-        file = cache / INT8_FILE
+        args.append("--quantize")
+    if task is not None:
+        args += ["--adapters", str(adapter_dir), "--task", task]
+    start = time.perf_counter()
+    done = subprocess.run(args, capture_output=True, text=True)
+    child_builds["count"] += 1
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
+        raise RuntimeError(f"building the {kind} of {what} failed (exit {done.returncode}):\n{tail}")
+    print(f"omnivec: built the {kind} of {what} in {time.perf_counter() - start:.0f} s", file=sys.stderr,
+          flush=True)
+
+
+def load_onnx_backbone(model_dir: str | Path, *, quantize: bool = False, build: Callable[[], None],
+                       threads: int | None = None, variant: str | None = None,
+                       shared: dict[str, Any] | None = None) -> OnnxBackbone:
+    """The cached ONNX backbone of ``model_dir``; ``build()`` runs first when it is missing
+    (:func:`build_in_child`, or :func:`build_onnx` in this process)."""
+    file = onnx_file(model_dir, quantize=quantize, variant=variant)
+    if not file.is_file():
+        build()
         if not file.is_file():
-            _atomic_write(file, lambda out: quantize_int8(float_file, out))
-            export_count["int8"] += 1
+            raise RuntimeError(f"building {file} left no file behind")
+    config = json_config(Path(model_dir))
     # The large initializers (word embeddings) are held as OrtValues from the start, so task
     # graphs opened later reuse them without reopening this session (which cost a ~900 MB
     # peak while both copies were alive).

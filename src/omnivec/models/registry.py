@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import importlib
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -161,16 +162,38 @@ def load_for_training(name: str | os.PathLike | None, resume: Path | None = None
 
 @contextmanager
 def _quiet_transformers() -> Iterator[None]:
-    """transformers' per-load progress bars and info logs are noise for an embedding CLI/server."""
-    from transformers.utils import logging as hf_logging
+    """transformers' per-load progress bars and info logs are noise for an embedding CLI/server.
 
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+    transformers is not imported for this: a warm ONNX load never needs it (importing it costs
+    ~3 s of start-up). If the load imports it, it starts quiet (its import reads these
+    variables) and is set back to its defaults afterwards.
+    """
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        was_enabled = hf_logging.is_progress_bar_enabled()
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            if was_enabled:
+                hf_logging.enable_progress_bar()
+        return
+    quiet = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    saved = {k: os.environ.get(k) for k in quiet}
+    os.environ.update({k: v for k, v in quiet.items() if saved[k] is None})
     try:
         yield
     finally:
-        hf_logging.set_verbosity(verbosity)
-        if was_enabled:
-            hf_logging.enable_progress_bar()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+        if "transformers" in sys.modules and saved["TRANSFORMERS_VERBOSITY"] is None:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_warning()      # transformers' own default
+            if saved["HF_HUB_DISABLE_PROGRESS_BARS"] is None:
+                hf_logging.enable_progress_bar()

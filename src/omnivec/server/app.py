@@ -73,11 +73,17 @@ def create_app(embedder: Embedder | None = None, settings: ServerSettings | None
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         loading = None
         if embedder is not None:
+            await asyncio.get_running_loop().run_in_executor(None, embedder.model.load_all_tasks)
             attach(embedder)
         else:
+            def load_ready() -> Embedder:   # /ready means ready for every task: no request builds a graph
+                emb = loader()
+                emb.model.load_all_tasks()
+                return emb
+
             async def load() -> None:
                 try:
-                    emb = await asyncio.get_running_loop().run_in_executor(None, loader)
+                    emb = await asyncio.get_running_loop().run_in_executor(None, load_ready)
                 except Exception as e:  # noqa: BLE001 - reported by /ready, the server stays up
                     state.load_error = f"{type(e).__name__}: {e}"
                     log.exception("model failed to load")
