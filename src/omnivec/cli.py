@@ -208,17 +208,24 @@ def serve(
                                              help="Numbers one response may carry (~20 bytes each as JSON); "
                                                   "larger requests get a 422 before any forward pass."),
     log_level: str = typer.Option("info", "--log-level"),
+    log_format: str = typer.Option("text", "--log-format",
+                                   help="text (uvicorn's lines) or json (one JSON object a request: id, dialect, "
+                                        "status, items, tokens, seconds)."),
+    drain_s: float = typer.Option(30.0, "--drain-s", help="On SIGTERM: how long requests in flight may finish."),
     adapters: Optional[str] = typer.Option(None, "--adapters", help=ADAPTERS_HELP),
 ) -> None:
     """Serve the HTTP API (Jina- and OpenAI-compatible /v1/embeddings) with cross-request batching."""
     import omnivec
     from omnivec.server import ServerSettings, create_app
-    from omnivec.server.http import serve as serve_http
+    from omnivec.server.http import serve_then_exit
     settings = ServerSettings(model_aliases=list(model_alias), api_keys=list(api_key),
                               allow_url_fetch=allow_url_fetch, public_metrics=public_metrics,
                               max_body_bytes=int(max_body_mb * 2**20),
                               max_wait_ms=max_wait_ms, max_pending_items=max_pending,
-                              max_response_values=max_response_values)
+                              max_response_values=max_response_values, log_format=log_format,
+                              drain_timeout_s=drain_s)
+    if log_format not in ("text", "json"):
+        _fail(f"--log-format must be text or json, not {log_format!r}")
     load_kwargs = {} if adapters is None else {"adapters": None if adapters.lower() == "none" else adapters}
     app_ = create_app(loader=lambda: omnivec.load(model, device=device, **load_kwargs), settings=settings)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -227,7 +234,7 @@ def serve(
               f"(ready when {url}/ready says so; docs at {url}/docs)", soft_wrap=True)
     err.print(f"try:  curl -s {url}/v1/embeddings -H 'Content-Type: application/json'{auth} "
               "-d '{\"model\": \"default\", \"input\": [\"hello world\"]}'", markup=False, highlight=False, soft_wrap=True)
-    serve_http(app_, settings, host=host, port=port, log_level=log_level)
+    serve_then_exit(app_, settings, host=host, port=port, log_level=log_level)
 
 
 @app.command("eval")

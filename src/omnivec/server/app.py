@@ -25,6 +25,7 @@ from starlette.concurrency import iterate_in_threadpool
 from ..embedder import Embedder
 from . import framing, jsonbody, openapi, pipeline, protocol
 from .dialects import DIALECTS
+from .access_log import log_request
 from .admission import Overloaded, Ticket
 from .engine import Engine
 from .errors import ApiError, error_body, unauthorized
@@ -161,6 +162,11 @@ def create_app(embedder: Embedder | None = None, settings: ServerSettings | None
         request_id = uuid.uuid4().hex[:16]
         started = time.perf_counter()
         dialect: str | None = None
+        stats: dict[str, int] = {}
+
+        def access(status: int, **fields: Any) -> None:
+            log_request(request_id=request_id, route="/v1/embeddings", dialect=dialect, status=status,
+                        seconds=round(time.perf_counter() - started, 4), **stats, **fields)
         try:
             if not check_api_key(request.headers.get("authorization"), keys):
                 raise unauthorized()
@@ -179,21 +185,26 @@ def create_app(embedder: Embedder | None = None, settings: ServerSettings | None
                                headers={"Connection": "close"}) from None
             body = jsonbody.parse(raw, settings.max_json_depth)
             dialect = protocol.detect_dialect(body)
-            response = await embed(request, body, DIALECTS[dialect])
+            response = await embed(request, body, DIALECTS[dialect], stats)
         except ApiError as err:
+            access(err.status, code=err.code)
             return respond_error(err, dialect, request_id, dialect or "unknown")
         except asyncio.CancelledError:
+            access(499, code="CLIENT_DISCONNECTED")
             raise
         except Exception:  # noqa: BLE001 - last resort: log, answer 500, keep serving
             log.exception("unexpected error in /v1/embeddings (request %s)", request_id)
+            access(500, code="INTERNAL_ERROR")
             return respond_error(ApiError(500, "internal error", "INTERNAL_ERROR"), dialect, request_id,
                                  dialect or "unknown")
+        access(200)
         metrics.requests.labels(dialect, "200").inc()
         metrics.latency.labels(dialect).observe(time.perf_counter() - started)
         response.headers["X-Request-ID"] = request_id
         return response
 
-    async def embed(request: Request, body: Any, dialect: pipeline.Dialect) -> Response:
+    async def embed(request: Request, body: Any, dialect: pipeline.Dialect, stats: dict[str, int]) -> Response:
+        """The validated request, computed; ``stats`` gets its items and tokens (access log)."""
         req = dialect.validate(body)
         emb, engine = state.embedder, state.engine
         assert emb is not None and engine is not None
@@ -213,6 +224,7 @@ def create_app(embedder: Embedder | None = None, settings: ServerSettings | None
             ticket.release()
             raise
         ticket.release("items")
+        stats.update(inputs=len(spec.inputs), items=len(origins), tokens=int(sum(tokens)))
         metrics.items.inc(len(origins))
         chunks = pipeline.render(dialect, spec, result, tokens, origins, req.model)
         return StreamingResponse(stream_then_release(chunks, ticket), media_type="application/json")

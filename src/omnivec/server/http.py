@@ -8,6 +8,12 @@
 ``keep_alive_s``           ``timeout_keep_alive``: an idle kept-alive connection is closed.
 ``header_timeout_s``       :class:`HeaderTimeoutH11Protocol` (no uvicorn option exists).
 ``body_timeout_s``         not here: ``security.read_body_capped(..., timeout_s=...)``.
+``drain_timeout_s``        ``timeout_graceful_shutdown``: on SIGTERM/SIGINT the listener closes
+                           (new connections are refused, idle kept-alive ones closed), requests
+                           in flight get this long to finish, then :func:`serve` returns and
+                           the process exits 0 (uvicorn would re-raise the signal: exit 143).
+``log_format``             ``"json"``: uvicorn's access lines off, one JSON line a request on
+                           the ``omnivec.access`` logger (:mod:`.access_log`).
 =========================  ==================================================================
 
 The header count is capped by ``framing.RefuseAmbiguousFraming`` (431), which also refuses
@@ -18,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import sys
 from typing import Any
 
@@ -30,7 +38,7 @@ from .settings import ServerSettings
 
 log = logging.getLogger("omnivec.server")
 
-__all__ = ["HeaderTimeoutH11Protocol", "header_timeout_protocol", "serve", "uvicorn_config"]
+__all__ = ["HeaderTimeoutH11Protocol", "header_timeout_protocol", "serve", "serve_then_exit", "uvicorn_config"]
 
 _REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
@@ -146,6 +154,8 @@ def uvicorn_config(app: Any, settings: ServerSettings, *, host: str = "127.0.0.1
         h11_max_incomplete_event_size=settings.max_header_bytes,
         limit_concurrency=settings.max_connections,
         timeout_keep_alive=settings.keep_alive_s,
+        timeout_graceful_shutdown=settings.drain_timeout_s,
+        access_log=settings.log_format != "json",
     )
     options.update(overrides)
     return uvicorn.Config(app, **options)
@@ -153,8 +163,36 @@ def uvicorn_config(app: Any, settings: ServerSettings, *, host: str = "127.0.0.1
 
 def serve(app: Any, settings: ServerSettings, host: str = "127.0.0.1", port: int = 8080,
           log_level: str = "info") -> None:
-    """Serve ``app`` until interrupted, like ``uvicorn.run`` but with :func:`uvicorn_config`."""
+    """Serve ``app`` until SIGTERM/SIGINT, then drain (see the table above) and return.
+
+    Like ``uvicorn.run`` with :func:`uvicorn_config`, except that a stop signal ends in a
+    normal return (exit 0 for ``omnivec serve``) once the drain is done: uvicorn re-raises the
+    signal it caught, which the no-op handlers installed here absorb.
+    """
+    if settings.log_format == "json":
+        from .access_log import install_json_logging
+        install_json_logging(log_level)
     server = uvicorn.Server(uvicorn_config(app, settings, host=host, port=port, log_level=log_level))
-    server.run()
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if not server.started:  # as uvicorn.run: the port could not be bound, or the lifespan failed
         sys.exit(STARTUP_FAILURE)
+
+
+def serve_then_exit(app: Any, settings: ServerSettings, host: str = "127.0.0.1", port: int = 8080,
+                    log_level: str = "info") -> None:
+    """:func:`serve`, then end the process with status 0 at once (``omnivec serve``).
+
+    Why not a normal exit: Python joins worker threads at exit, so a forward pass still running
+    when the drain deadline passed (its request was cut off) would hold the process for as long
+    as it takes; the grace period is the bound an orchestrator relies on.
+    """
+    serve(app, settings, host=host, port=port, log_level=log_level)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -47,6 +47,12 @@ class ServerSettings:
     max_header_bytes: int = 16 * 1024
     max_connections: int = 512
     keep_alive_s: float = 5.0
+    # On SIGTERM/SIGINT: stop accepting, let requests in flight finish for up to drain_timeout_s,
+    # then exit 0 (omnivec.server.http.serve).
+    drain_timeout_s: float = 30.0
+    # "text": uvicorn's access lines; "json": one JSON object a request on the omnivec.access
+    # logger (request id, route, dialect, status, items, tokens, seconds) and no uvicorn lines.
+    log_format: str = "text"
     limits: InputLimits = field(default_factory=InputLimits)
 
     def budgets(self) -> dict[str, int]:
