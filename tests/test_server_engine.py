@@ -204,7 +204,10 @@ def test_each_budget_counts_what_requests_hold() -> None:
 
 @pytest.fixture(scope="module")
 def slow_server():
-    model = FakeModel(delay=0.4)
+    # 0.8 s a forward: the disconnect test cancels a queued request while the batch ahead of it
+    # runs; with 0.4 s a loaded machine sometimes noticed the disconnect only after that batch,
+    # and the row was computed instead of dropped
+    model = FakeModel(delay=0.8)
     settings = ServerSettings(api_keys=["k-one", "k-two"], max_pending_items=4, max_body_bytes=4096,
                               allow_url_fetch=True)
     with LiveServer(create_app(Embedder(model), settings)) as server:
