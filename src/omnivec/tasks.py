@@ -3,13 +3,19 @@
 A task picks two things per input: which LoRA adapter runs (``retrieval``, ``text-matching``,
 ``code``) and which prompt prefixes the text (``query`` or ``passage``). Text-matching is
 symmetric and always uses the query prompt, as the reference documents.
+
+jina-embeddings-v3 adds ``separation`` and ``classification`` (symmetric too) and has one
+adapter per API task (``retrieval.query`` and ``retrieval.passage`` are two adapters there):
+a model's :class:`~omnivec.models.base.TaskTable` looks a task up by its API name first, then
+by its adapter, so the same names serve both generations.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
 
-ADAPTERS = ("retrieval", "text-matching", "code")
+ADAPTERS = ("retrieval", "text-matching", "code")          # jina-embeddings-v4's adapters
+SYMMETRIC = ("text-matching", "separation", "classification")   # one task name, the query prompt
 PROMPTS = ("query", "passage")
 API_TASKS = {
     "retrieval.query": ("retrieval", "query"),
@@ -17,10 +23,13 @@ API_TASKS = {
     "text-matching": ("text-matching", "query"),
     "code.query": ("code", "query"),
     "code.passage": ("code", "passage"),
+    "separation": ("separation", "query"),          # jina-embeddings-v3
+    "classification": ("classification", "query"),  # jina-embeddings-v3
 }
 # Accepted spellings of adapters (the reference's config uses "text-matching").
 _ADAPTER_ALIASES = {"retrieval": "retrieval", "text-matching": "text-matching",
-                    "text_matching": "text-matching", "code": "code"}
+                    "text_matching": "text-matching", "code": "code", "separation": "separation",
+                    "classification": "classification"}
 
 
 @dataclass(frozen=True)
@@ -32,8 +41,8 @@ class TaskSpec:
 
     @property
     def api_name(self) -> str:
-        if self.adapter == "text-matching":
-            return "text-matching"
+        if self.adapter in SYMMETRIC:
+            return self.adapter
         return f"{self.adapter}.{self.prompt}"
 
 
@@ -59,7 +68,7 @@ def resolve_task(task: str | TaskSpec, prompt_name: str | None = None) -> TaskSp
     if task in _ADAPTER_ALIASES:
         adapter = _ADAPTER_ALIASES[task]
         # text-matching is symmetric: always the query prompt (the reference's documented behaviour).
-        prompt = "query" if adapter == "text-matching" else (prompt_name or "query")
+        prompt = "query" if adapter in SYMMETRIC else (prompt_name or "query")
         return TaskSpec(adapter, prompt)
     raise ValueError(f"unknown task {task!r}; allowed: {allowed_tasks()}")
 
@@ -78,4 +87,4 @@ def resolve_tasks(task: str | TaskSpec | Sequence[str | TaskSpec], n: int,
 
 
 def allowed_tasks() -> list[str]:
-    return list(API_TASKS) + [a for a in ADAPTERS if a != "text-matching"]
+    return list(API_TASKS) + [a for a in ADAPTERS if a not in SYMMETRIC]

@@ -25,7 +25,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
-from ..tasks import ADAPTERS, TaskSpec
+from ..tasks import ADAPTERS, API_TASKS, TaskSpec
 from .text_bounds import TextIds, bounded_ids
 
 
@@ -118,6 +118,12 @@ class PrepareOptions:
     max_pixels: int | None = None          # image resize budget (None: the model's default)
 
 
+class CheckpointMismatch(ValueError):
+    """A checkpoint whose weights do not fit the model built for it: some would stay random
+    (missing) or be ignored (unused). Every family refuses such a load instead of returning
+    vectors from a partly random model."""
+
+
 class UnknownTaskAdapter(ValueError):
     """A task whose adapter this model does not have (the message names both sides)."""
 
@@ -136,7 +142,12 @@ class TaskTable:
     bare: tuple[str, ...] = ()
 
     def adapter_for(self, task: TaskSpec) -> str | None:
-        """The adapter ``task`` runs through (None: the bare backbone), or a clear error."""
+        """The adapter ``task`` runs through (None: the bare backbone), or a clear error.
+
+        An adapter named like the API task (jina-v3's ``retrieval.query``) wins over one
+        named like its adapter (jina-v4's ``retrieval``, shared by query and passage)."""
+        if task.api_name in self.adapters:
+            return task.api_name
         if task.adapter in self.adapters:
             return task.adapter
         if not self.adapters or task.adapter in self.bare:
@@ -146,9 +157,25 @@ class TaskTable:
             f"adapters available: {list(self.adapters)}"
             + (f", bare-backbone tasks: {list(self.bare)}" if self.bare else ""))
 
+    def api_tasks(self) -> dict[str, str]:
+        """Per API task name this model serves: the adapter it runs (or ``"bare backbone"``);
+        tasks it refuses are left out. What ``/v1/models`` and ``omnivec info`` show."""
+        out = {}
+        for name, (adapter, prompt) in API_TASKS.items():
+            try:
+                chosen = self.adapter_for(TaskSpec(adapter, prompt))
+            except UnknownTaskAdapter:
+                continue
+            out[name] = chosen or "bare backbone"
+        return out
+
     def describe(self) -> dict[str, str]:
-        """Per task adapter name: ``"adapter"``, ``"bare backbone"`` or ``"unavailable"``."""
-        names = list(dict.fromkeys(list(ADAPTERS) + list(self.adapters)))
+        """Per task adapter name: ``"adapter"``, ``"bare backbone"`` or ``"unavailable"``
+        (jina-v4's adapter names, and this model's own)."""
+        # a v4 name that this model splits into per-prompt adapters (v3's retrieval.query /
+        # retrieval.passage) is not listed twice
+        names = [a for a in ADAPTERS if not any(x.startswith(a + ".") for x in self.adapters)]
+        names = list(dict.fromkeys(names + list(self.adapters)))
         out = {}
         for name in names:
             if name in self.adapters:
@@ -298,6 +325,7 @@ class EmbeddingModel(ABC):
             "matryoshka_dims": list(self.matryoshka_dims),
             "adapters": list(self.adapters),
             "task_adapters": self.processor.tasks.describe(),
+            "tasks": self.processor.tasks.api_tasks(),
             "max_tokens": self.max_tokens,
             "images": "native" if self.capabilities.native_images else "OCR to text",
             "late_chunking": self.capabilities.late_chunking,

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..adapters import ADAPTERS_META_FILE
-from .base import Capabilities, EmbeddingModel, Prepared, TaskTable, TokenStates, pick_device
+from .base import Capabilities, CheckpointMismatch, EmbeddingModel, Prepared, TaskTable, TokenStates, pick_device
 from .encoder_processing import EncoderProcessor
 
 PROJECTOR_FILE = "multivector_projector.safetensors"
@@ -82,15 +82,36 @@ def _load_backbone(path: Path, dtype: torch.dtype) -> nn.Module:
     last: Exception | None = None
     for extra in attempts:
         try:
-            model = AutoModel.from_pretrained(str(path), dtype=dtype, **extra)
+            model, info = AutoModel.from_pretrained(str(path), dtype=dtype, output_loading_info=True, **extra)
             break
         except (TypeError, ValueError) as e:   # option unknown to this architecture
             last = e
     else:
         raise ValueError(f"{path}: could not load the encoder ({last})") from last
+    check_loading_info(path, info)
     if getattr(model, "pooler", None) is not None:
         model.pooler = None    # mean pooling never uses it: skip its matmul
     return model
+
+
+def check_loading_info(path: Path, info: dict[str, Any]) -> None:
+    """Refuse a load that left weights at random (missing) or ignored some (unexpected).
+
+    transformers only logs these; a model with randomly initialised layers still returns
+    vectors, just wrong ones. The pooler is the one exception: mean pooling never runs it
+    (it is dropped after loading), so whether the checkpoint has one does not matter.
+    """
+    def relevant(keys: Any) -> list[str]:
+        return sorted(k for k in keys if not (k.startswith("pooler.") or ".pooler." in k))
+
+    missing, unexpected = relevant(info.get("missing_keys", ())), relevant(info.get("unexpected_keys", ()))
+    mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
+    if missing or unexpected or mismatched:
+        parts = [f"{label} {len(keys)} ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})"
+                 for label, keys in (("missing", missing), ("unused", unexpected), ("wrong shape", mismatched))
+                 if keys]
+        raise CheckpointMismatch(f"{path}: the weights do not fit the model its config.json describes: "
+                                 + "; ".join(parts) + ". Refusing to run with random or ignored weights.")
 
 
 def quantize_int8(backbone: nn.Module) -> nn.Module:

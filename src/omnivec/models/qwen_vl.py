@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..adapters import get_router, load_adapters, task_routing
-from .base import Capabilities, EmbeddingModel, Prepared, TaskTable, TokenStates, pick_device
+from .base import Capabilities, CheckpointMismatch, EmbeddingModel, Prepared, TaskTable, TokenStates, pick_device
 from .fused import fuse_rms_norms
 from .packing import cu_seqlens_from_lengths, packed_forward, rope_index_for_row, varlen_attention
 from .qwen_vl_processing import JinaV4Processor, load_image_processor, load_tokenizer
@@ -202,7 +202,7 @@ class JinaV4Model(EmbeddingModel):
         missing = sorted(expected - set(backbone_sd))
         unexpected = sorted(set(backbone_sd) - expected)
         if missing or unexpected:
-            raise ValueError(f"checkpoint {path} does not fit Qwen2_5_VLModel: missing {missing[:10]}"
+            raise CheckpointMismatch(f"checkpoint {path} does not fit Qwen2_5_VLModel: missing {missing[:10]}"
                              f" ({len(missing)}), unexpected {unexpected[:10]} ({len(unexpected)})")
         backbone.load_state_dict(backbone_sd, strict=False)
         del backbone_sd

@@ -31,7 +31,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel, S
 MAX_INPUTS = 2048
 EMBEDDING_TYPES = ("float", "base64", "binary", "ubinary")
 EmbeddingType = Literal["float", "base64", "binary", "ubinary"]
-TaskName = Literal["text-matching", "retrieval.query", "retrieval.passage", "code.query", "code.passage"]
+TaskName = Literal["text-matching", "retrieval.query", "retrieval.passage", "code.query", "code.passage",
+                   "separation", "classification"]   # the last two: jina-embeddings-v3 models
 JINA_ONLY = ("task", "embedding_type", "late_chunking", "return_multivector",
              "return_tokenized_input", "truncate", "normalized")
 OPENAI_ONLY = ("encoding_format", "user")
@@ -200,6 +201,8 @@ class ModelEntry(BaseModel):
     output_modalities: list[str]
     context_length: Optional[int] = None
     max_output_length: Optional[int] = None
+    # omnivec's extension: the ``task`` values this model accepts, each with the adapter it runs
+    tasks: Optional[dict[str, str]] = None
 
 
 class ModelList(BaseModel):
@@ -265,4 +268,4 @@ def model_list(ids: list[str], owner: str, created: int, info: dict[str, Any]) -
         {"id": i, "object": "model", "created": created, "owned_by": owner,
          "name": info.get("model", i), "input_modalities": modalities,
          "output_modalities": ["embeddings"], "context_length": info.get("max_tokens"),
-         "max_output_length": info.get("dim")} for i in ids]}
+         "max_output_length": info.get("dim"), "tasks": info.get("tasks")} for i in ids]}
