@@ -343,6 +343,110 @@ def make_tiny_jina_v4(path: str | Path, seed: int = 0, *, layout: Literal["old",
                                lora_b_std=0.05)
 
 
+# ------------------------------------------------------------------------------ jina-v3
+
+JINA_V3_TASKS = ("retrieval.query", "retrieval.passage", "separation", "classification", "text-matching")
+JINA_V3_INSTRUCTIONS = {"retrieval.query": "Represent the query for retrieving evidence documents: ",
+                        "retrieval.passage": "Represent the document for retrieval: ",
+                        "separation": "", "classification": "", "text-matching": ""}
+
+
+def jina_v3_config_dict(*, hidden: int = 1024, layers: int = 24, heads: int = 16, intermediate: int = 4096,
+                        rank: int = 4, alpha: float = 1) -> dict:
+    """jina-embeddings-v3's ``config.json`` (the published values by default; smaller dims for tests)."""
+    return {
+        "_name_or_path": "jinaai/jina-embeddings-v3", "architectures": ["XLMRobertaLoRA"],
+        "auto_map": {
+            "AutoConfig": "jinaai/xlm-roberta-flash-implementation--configuration_xlm_roberta.XLMRobertaFlashConfig",
+            "AutoModel": "jinaai/xlm-roberta-flash-implementation--modeling_lora.XLMRobertaLoRA",
+            "AutoModelForMaskedLM": "jinaai/xlm-roberta-flash-implementation--modeling_xlm_roberta.XLMRobertaForMaskedLM",
+            "AutoModelForPreTraining":
+                "jinaai/xlm-roberta-flash-implementation--modeling_xlm_roberta.XLMRobertaForPreTraining"},
+        "attention_probs_dropout_prob": 0.1, "bos_token_id": 0, "classifier_dropout": None, "emb_pooler": None,
+        "eos_token_id": 2, "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "hidden_size": hidden,
+        "initializer_range": 0.02, "intermediate_size": intermediate, "layer_norm_eps": 1e-05,
+        "load_trained_adapters": True, "lora_adaptations": list(JINA_V3_TASKS), "lora_alpha": alpha,
+        "lora_dropout_p": 0.0, "lora_main_params_trainable": False, "lora_rank": rank,
+        "matryoshka_dimensions": [d for d in (32, 64, 128, 256, 512, 768, 1024) if d <= hidden],
+        "max_position_embeddings": 8194, "model_type": "xlm-roberta", "num_attention_heads": heads,
+        "num_hidden_layers": layers, "output_past": True, "pad_token_id": 1, "position_embedding_type": "rotary",
+        "rotary_emb_base": 20000.0, "task_instructions": dict(JINA_V3_INSTRUCTIONS), "torch_dtype": "bfloat16",
+        "truncate_dim": None, "type_vocab_size": 1, "use_cache": True, "use_flash_attn": True, "vocab_size": 250002,
+    }
+
+
+def make_random_jina_v3(path: str | Path, config: dict, *, seed: int = 0, weight_std: float = 0.05,
+                        lora_std: float = 0.05, dtype: torch.dtype = torch.float32) -> Path:
+    """Write a random checkpoint in jina-embeddings-v3's published layout to ``path``.
+
+    Keys as the official ``model.safetensors``: ``roberta.`` prefix, every Linear and Embedding
+    parametrised (``<m>.parametrizations.weight.original``, ``<m>.parametrizations.weight.0.lora_A``
+    / ``lora_B``; Linear A (tasks, r, in) and B (tasks, out, r), Embedding A (tasks, num, r) and
+    B (tasks, r, dim)), the pooler included. Every task's LoRA is random and non-zero. The
+    tokenizer is the XLM-R one the embedded default ships (250002 ids, as v3's).
+    """
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from .models.e5_materialize import materialize_e5
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    h, n_tasks, r = int(config["hidden_size"]), len(config["lora_adaptations"]), int(config["lora_rank"])
+    sd: dict[str, torch.Tensor] = {}
+
+    def rand(*shape: int, std: float = weight_std) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g) * std).to(dtype)
+
+    def linear(name: str, fan_in: int, fan_out: int) -> None:
+        sd[f"{name}.parametrizations.weight.original"] = rand(fan_out, fan_in)
+        sd[f"{name}.parametrizations.weight.0.lora_A"] = rand(n_tasks, r, fan_in, std=lora_std)
+        sd[f"{name}.parametrizations.weight.0.lora_B"] = rand(n_tasks, fan_out, r, std=lora_std)
+        sd[f"{name}.bias"] = rand(fan_out)
+
+    def embedding(name: str, num: int) -> None:
+        sd[f"{name}.parametrizations.weight.original"] = rand(num, h, std=0.5)
+        sd[f"{name}.parametrizations.weight.0.lora_A"] = rand(n_tasks, num, r, std=0.5)
+        sd[f"{name}.parametrizations.weight.0.lora_B"] = rand(n_tasks, r, h, std=0.5)
+
+    def norm(name: str) -> None:
+        sd[f"{name}.weight"] = (1 + rand(h)).to(dtype)
+        sd[f"{name}.bias"] = rand(h)
+
+    embedding("roberta.embeddings.word_embeddings", int(config["vocab_size"]))
+    embedding("roberta.embeddings.token_type_embeddings", int(config["type_vocab_size"]))
+    norm("roberta.emb_ln")
+    for i in range(int(config["num_hidden_layers"])):
+        layer = f"roberta.encoder.layers.{i}"
+        linear(f"{layer}.mixer.Wqkv", h, 3 * h)
+        linear(f"{layer}.mixer.out_proj", h, h)
+        norm(f"{layer}.norm1")
+        linear(f"{layer}.mlp.fc1", h, int(config["intermediate_size"]))
+        linear(f"{layer}.mlp.fc2", int(config["intermediate_size"]), h)
+        norm(f"{layer}.norm2")
+    linear("roberta.pooler.dense", h, h)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    src = materialize_e5()
+    for name in ("tokenizer.json", "special_tokens_map.json"):
+        if (src / name).is_file():
+            shutil.copy(src / name, path / name)
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "XLMRobertaTokenizer", "model_max_length": 8194, "bos_token": "<s>",
+        "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>", "cls_token": "<s>", "sep_token": "</s>",
+        "mask_token": "<mask>"}, indent=2))
+    return path
+
+
+def make_tiny_jina_v3(path: str | Path, seed: int = 0) -> Path:
+    """A tiny random jina-embeddings-v3 checkpoint (2 layers, 64 wide, 4 heads) in the official
+    layout, non-zero LoRA for all five tasks, the real XLM-R tokenizer; returns ``path``."""
+    return make_random_jina_v3(path, jina_v3_config_dict(hidden=64, layers=2, heads=4, intermediate=128),
+                               seed=seed)
+
+
 # ------------------------------------------------------------------------------ fake family
 class FakeProcessor(Processor):
     """A word-level processor: ``[CLS] prompt words [SEP]``; ids are handed out per new word.

@@ -245,11 +245,17 @@ class OnnxBackbone:
         self.session = ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """(B, L) int64 ids and mask -> (B, L, hidden) float32."""
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+                 task_ids: np.ndarray | None = None) -> np.ndarray:
+        """(B, L) int64 ids and mask -> (B, L, hidden) float32. ``task_ids`` (B,) int64: the
+        adapter of each row, for graphs that route LoRA per row (jina-v3)."""
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = np.zeros_like(input_ids)
+        if "task_ids" in self.input_names:
+            if task_ids is None:
+                raise ValueError(f"{self.file} routes task adapters per row: task_ids are required")
+            feeds["task_ids"] = np.ascontiguousarray(task_ids, dtype=np.int64)
         (hidden,) = self.session.run(["last_hidden_state"], feeds)
         return hidden
 
@@ -322,11 +328,14 @@ def onnx_file(model_dir: str | Path, *, quantize: bool = False, variant: str | N
 
 
 def build_onnx(model_dir: str | Path, *, quantize: bool = False, load_torch: Callable[[], Any],
-               variant: str | None = None, threads: int | None = None) -> Path:
+               variant: str | None = None, threads: int | None = None,
+               export: Callable[[Any, Path], None] | None = None,
+               check: Callable[["OnnxBackbone", Any], None] | None = None) -> Path:
     """Export (and quantise) the graph into the cache if it is missing, in this process.
 
     ``load_torch`` loads the float32 transformers model; it is only called when the float graph
-    is missing. ``variant`` names a weight variant of the same directory (a task adapter merged
+    is missing. ``export(model, file)`` and ``check(session, model)`` default to the encoder's
+    (:func:`export_float`, a comparison with torch); another family passes its own. ``variant`` names a weight variant of the same directory (a task adapter merged
     into the weights by ``load_torch``, keyed by the adapter file's hash): its own cache folder.
     The exporter holds several copies of the weights (8 GB peak for e5-small's three task
     graphs), which is why serving processes run this in a child (:func:`build_in_child`).
@@ -337,14 +346,15 @@ def build_onnx(model_dir: str | Path, *, quantize: bool = False, load_torch: Cal
     if not float_file.is_file():
         backbone = load_torch()
         start = time.perf_counter()
-        _atomic_write(float_file, lambda out: _externalised(out, lambda tmp: export_float(backbone, tmp)))
+        exporter = export or export_float
+        _atomic_write(float_file, lambda out: _externalised(out, lambda tmp: exporter(backbone, tmp)))
         export_count["float"] += 1
         (cache / "export.json").write_text(json.dumps({
             "source": str(model_dir.resolve()), "export_version": EXPORT_VERSION,
             "onnxruntime": ort_version(), "export_seconds": round(time.perf_counter() - start, 1)}))
         try:
-            _check_against_torch(OnnxBackbone(float_file, backbone.config, quantized=False, threads=threads),
-                                 backbone)
+            (check or _check_against_torch)(
+                OnnxBackbone(float_file, backbone.config, quantized=False, threads=threads), backbone)
         except BaseException:
             float_file.unlink(missing_ok=True)     # never reuse a graph that failed the check
             raise

@@ -1,5 +1,6 @@
 """Child-process entry point: ``python -m omnivec.models.onnx_build MODEL_DIR [--quantize]
-[--adapters DIR --task NAME]`` builds one cached ONNX graph and exits.
+[--adapters DIR --task NAME]`` builds one cached ONNX graph and exits (with the builder the
+model's family declares in the registry).
 
 Run by :func:`omnivec.models.encoder_onnx.build_in_child`, so the exporter's memory (several
 copies of the weights) leaves with this process instead of staying with a server or a
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .encoder import build_graph
+from .registry import detect_family, family
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.task is None) != (args.adapters is None):
         parser.error("--task and --adapters go together")
+    build_graph = family(detect_family(args.model_dir)).graph_builder()
     print(build_graph(args.model_dir, quantize=args.quantize, adapter_dir=args.adapters, task=args.task))
     return 0
 

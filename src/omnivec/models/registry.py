@@ -43,8 +43,30 @@ def _is_jina_v4(config: dict) -> bool:
             or config.get("model_type") in ("qwen2_5_vl", "jina-embeddings-v4"))
 
 
+def custom_model_class(config: dict) -> str | None:
+    """The class a checkpoint's own code defines (``auto_map``'s AutoModel entry), if any.
+
+    Why it matters: such a checkpoint (jina-embeddings-v3 says ``model_type: xlm-roberta`` but
+    runs rotary positions and LoRA from its own code) only looks like a stock architecture;
+    loading it as one would return wrong vectors with no error.
+    """
+    auto_map = config.get("auto_map") or {}
+    name = auto_map.get("AutoModel") if isinstance(auto_map, dict) else None
+    if isinstance(name, (list, tuple)):
+        name = name[0] if name else None
+    return str(name) if name else None
+
+
+def _is_jina_v3(config: dict) -> bool:
+    """jina-embeddings-v3's layout: its own XLMRobertaLoRA code (rotary positions, task LoRA)."""
+    custom = custom_model_class(config) or ""
+    return ("XLMRobertaLoRA" in (config.get("architectures") or [])
+            or custom.endswith("modeling_lora.XLMRobertaLoRA"))
+
+
 def _is_encoder(config: dict) -> bool:
-    return config.get("model_type") in ("bert", "xlm-roberta", "roberta", "distilbert", "mpnet", "electra")
+    return (config.get("model_type") in ("bert", "xlm-roberta", "roberta", "distilbert", "mpnet", "electra")
+            and custom_model_class(config) is None)
 
 
 @dataclass(frozen=True)
@@ -57,17 +79,26 @@ class Family:
     recognises: Callable[[dict], bool]              # config.json -> is it this family
     training_load: Callable[[Path | None], dict[str, Any]]   # resume folder -> loader kwargs
     raw_multivectors: bool = False                  # loads with projector=False (raw token states)
+    onnx_builder: str | None = None                 # function of ``module`` that builds its ONNX graphs
 
     def model_class(self) -> Any:
         return getattr(importlib.import_module(self.module), self.cls)
+
+    def graph_builder(self) -> Callable[..., Path]:
+        """``build(model_dir, *, quantize, adapter_dir, task)``: what ``onnx_build`` children run."""
+        if self.onnx_builder is None:
+            raise ValueError(f"the {self.name} family has no ONNX backend")
+        return getattr(importlib.import_module(self.module), self.onnx_builder)
 
 
 FAMILIES: tuple[Family, ...] = (
     Family("jina-v4", "omnivec.models.qwen_vl", "JinaV4Model", _is_jina_v4,
            lambda resume: {"adapters": resume or "auto"}),
+    Family("jina-v3", "omnivec.models.jina_v3", "JinaV3Model", _is_jina_v3,
+           lambda resume: {"backend": "torch"}, onnx_builder="build_graph"),
     Family("encoder", "omnivec.models.encoder", "EncoderModel", _is_encoder,
            lambda resume: {"backend": "torch", "adapters": None},    # training attaches its own LoRA
-           raw_multivectors=True),
+           raw_multivectors=True, onnx_builder="build_graph"),
 )
 
 
@@ -92,6 +123,12 @@ def detect_family(path: Path) -> str:
     for entry in FAMILIES:
         if entry.recognises(config):
             return entry.name
+    custom = custom_model_class(config)
+    if custom is not None:
+        raise ValueError(f"{path}: the checkpoint runs its own model code ({custom!r}, architectures "
+                         f"{config.get('architectures')}), which omnivec does not implement; loading it as a "
+                         f"stock {config.get('model_type')!r} model would give wrong vectors "
+                         f"(supported families: {[f.name for f in FAMILIES]})")
     raise ValueError(f"{path}: unsupported model type {config.get('model_type')!r} "
                      f"(supported families: {[f.name for f in FAMILIES]})")
 
