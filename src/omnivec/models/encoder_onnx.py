@@ -112,8 +112,9 @@ def _externalised(out: Path, write: Callable[[Path], None]) -> None:
 
     inline = out.with_name(out.name + ".inline")
     write(inline)
-    model = onnx.load(str(inline))
+    model = onnx.load(str(inline))      # with its external data, if ``write`` made any (> 2 GB)
     inline.unlink()
+    inline.with_name(inline.name + ".data").unlink(missing_ok=True)
     convert_model_to_external_data(model, all_tensors_to_one_file=True, location=out.name + ".data",
                                    size_threshold=SHARED_INITIALIZER_MIN_BYTES)
     onnx.save_model(model, str(out))

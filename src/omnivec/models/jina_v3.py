@@ -405,7 +405,13 @@ def export_graph(backbone: JinaV3Backbone, out_file: Path) -> None:
         cfg = backbone.cfg
         opt = optimize_model(str(raw), model_type="bert", num_heads=cfg.num_attention_heads,
                              hidden_size=cfg.hidden_size, opt_level=0, use_gpu=False)
-        opt.save_model_to_file(str(out_file))
+        # jina-embeddings-v3 is 2.3 GB in float32, past protobuf's 2 GB: weights beside the graph
+        opt.save_model_to_file(str(out_file), use_external_data_format=_large(backbone))
+
+
+def _large(backbone: nn.Module) -> bool:
+    """Whether the float32 graph would pass protobuf's 2 GB limit inline (then: external data)."""
+    return sum(p.numel() for p in backbone.parameters()) * 4 > 1_800_000_000
 
 
 def use_ort_attention(file: Path) -> None:
@@ -415,7 +421,7 @@ def use_ort_attention(file: Path) -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    model = onnx.load(str(file))
+    model = onnx.load(str(file))      # external data (a graph over 2 GB) is read in too
     nodes, casts = [], {}
     for node in model.graph.node:
         if node.domain != "omnivec":
@@ -438,7 +444,15 @@ def use_ort_attention(file: Path) -> None:
         imports.append(helper.make_opsetid("com.microsoft", 1))
     del model.opset_import[:]
     model.opset_import.extend(imports)
-    onnx.save(model, str(file))
+    weights = sum(len(t.raw_data) for t in model.graph.initializer)
+    if weights > 1_800_000_000:     # past protobuf's 2 GB limit (ByteSize itself fails): a data file
+        for stale in file.parent.iterdir():
+            if stale != file and stale.name != file.name + ".data" and not stale.suffix == ".onnx":
+                stale.unlink()            # the exporter's per-tensor files, now read in
+        onnx.save_model(model, str(file), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=file.name + ".data")
+    else:
+        onnx.save(model, str(file))
 
 
 def _dummy_batch(cfg: V3Config, rows: int, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
