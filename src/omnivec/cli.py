@@ -178,7 +178,7 @@ def prepare(
         kwargs["quantize"] = True
     m = omnivec.load(model, device=device, **kwargs)
     m.model.load_all_tasks()
-    tasks = m.info().get("task_adapters") or {}
+    tasks = m.info().get("tasks") or {}       # API task -> the adapter it runs
     err.print(f"[bold]omnivec[/bold] {m.info().get('model')} ready in {time.perf_counter() - started:.1f} s "
               f"(backend {m.info().get('backend', 'torch')}; tasks: "
               f"{', '.join(f'{t} -> {a}' for t, a in tasks.items()) if isinstance(tasks, dict) else tasks})",
