@@ -176,20 +176,13 @@ def test_unmatched_adapter_key_is_a_clear_error(tmp_path):
 def test_backbone_weights_missing_or_unused_refuse_the_load(tmp_path, edit):
     """Never a partly random model: a backbone weight missing from the checkpoint, or one the
     model would not use, is a CheckpointMismatch naming it."""
-    from safetensors.torch import load_file, save_file
+    from _checkpoint_edits import tamper
 
     from omnivec.models.base import CheckpointMismatch
 
     path = make_tiny_jina_v4(tmp_path / "bad", seed=2)
-    f = next(path.glob("*.safetensors"))
-    sd = load_file(str(f))
-    if edit == "drop":
-        name = next(k for k in sd if k.endswith("layers.1.mlp.down_proj.weight"))
-        del sd[name]
-    else:
-        name = "model.layers.0.self_attn.extra_proj.weight"
-        sd[name] = torch.zeros(4, 4)
-    save_file(sd, str(f))
+    tamper(next(path.glob("*.safetensors")), edit, drop_suffix="layers.1.mlp.down_proj.weight",
+           extra_name="model.layers.0.self_attn.extra_proj.weight")
     with pytest.raises(CheckpointMismatch, match="down_proj" if edit == "drop" else "extra_proj"):
         JinaV4Model.from_directory(path, device="cpu")
 

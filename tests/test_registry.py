@@ -40,21 +40,14 @@ def test_encoder_weights_missing_or_unused_refuse_the_load(tiny_encoder, tmp_pat
     """transformers only logs a partial load (random layers still give vectors); omnivec refuses it."""
     import shutil
 
-    import torch
-    from safetensors.torch import load_file, save_file
+    from _checkpoint_edits import tamper
 
     import omnivec
     from omnivec.models.base import CheckpointMismatch
 
     path = tmp_path / "bert"
     shutil.copytree(tiny_encoder, path)
-    sd = load_file(str(path / "model.safetensors"))
-    if edit == "drop":
-        name = next(k for k in sd if k.endswith("layer.1.output.dense.weight"))
-        del sd[name]
-    else:
-        name = "encoder.layer.0.attention.self.extra.weight"
-        sd[name] = torch.zeros(2, 2)
-    save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
+    tamper(path / "model.safetensors", edit, drop_suffix="layer.1.output.dense.weight",
+           extra_name="encoder.layer.0.attention.self.extra.weight")
     with pytest.raises(CheckpointMismatch, match="output.dense" if edit == "drop" else "extra"):
         omnivec.load(str(path), device="cpu", backend="torch")
