@@ -88,3 +88,17 @@ def test_eval_raw_multivectors_refused_clearly(tmp_path):
     (jina / "config.json").write_text(json.dumps({"architectures": ["JinaEmbeddingsV4Model"]}))
     r = runner.invoke(app, ["eval", str(data), "--multivector", "--raw-multivectors", "--model", str(jina)])
     assert r.exit_code == 2 and "--raw-multivectors: jina-v4 models" in r.output
+
+
+def test_quantize_is_refused_up_front_for_a_family_without_int8(tmp_path):
+    from typer.testing import CliRunner
+
+    from omnivec.cli import app
+    from omnivec.testing import make_tiny_jina_v3
+
+    path = make_tiny_jina_v3(tmp_path / "v3")
+    for command in (["serve", "--model", str(path), "--quantize", "--port", "0"],
+                    ["prepare", "--model", str(path), "--quantize"]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 2, result.output
+        assert "jina-v3 family has no int8 path" in result.output

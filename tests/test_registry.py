@@ -51,3 +51,25 @@ def test_encoder_weights_missing_or_unused_refuse_the_load(tiny_encoder, tmp_pat
            extra_name="encoder.layer.0.attention.self.extra.weight")
     with pytest.raises(CheckpointMismatch, match="output.dense" if edit == "drop" else "extra"):
         omnivec.load(str(path), device="cpu", backend="torch")
+
+
+def test_an_encoder_saved_with_its_pretraining_head_loads(tmp_path):
+    """bert-base-uncased and friends ship an MLM head beside the encoder: unused by embedding,
+    so not a mismatch (only the encoder's own modules must load whole)."""
+    import numpy as np
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    import omnivec
+    from _helpers_encoder import minilm_dir
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    path = tmp_path / "mlm"
+    BertForMaskedLM(cfg).save_pretrained(path)
+    import shutil
+    shutil.copy(minilm_dir() / "tokenizer.json", path / "tokenizer.json")
+    m = omnivec.load(str(path), device="cpu", backend="torch")
+    v = m.encode(["hello world"], task="retrieval.query")
+    assert v.shape == (1, 32) and np.isfinite(v).all()

@@ -35,6 +35,17 @@ def _load(model: Optional[str], device: Optional[str], quantize: bool = False, a
     return m
 
 
+def _check_quantizable(model: Optional[str]) -> None:
+    """``--quantize`` refused up front (not after a server start) for families without int8."""
+    from omnivec.models.registry import detect_family, family, resolve_model_path
+    try:
+        entry = family(detect_family(resolve_model_path(model)))
+    except ValueError as e:
+        _fail(str(e))
+    if not entry.cpu_int8:
+        _fail(f"--quantize: the {entry.name} family has no int8 path (float32 on the CPU only)")
+
+
 def _fail(message: str) -> None:
     err.print(f"[bold red]error:[/bold red] {message}")
     raise typer.Exit(code=2)
@@ -175,6 +186,7 @@ def prepare(
     started = time.perf_counter()
     kwargs: dict = {} if adapters is None else {"adapters": None if adapters.lower() == "none" else adapters}
     if quantize:
+        _check_quantizable(model)
         kwargs["quantize"] = True
     m = omnivec.load(model, device=device, **kwargs)
     m.model.load_all_tasks()
@@ -229,6 +241,7 @@ def serve(
         _fail(f"--log-format must be text or json, not {log_format!r}")
     load_kwargs: dict = {} if adapters is None else {"adapters": None if adapters.lower() == "none" else adapters}
     if quantize:
+        _check_quantizable(model)
         load_kwargs["quantize"] = True
     app_ = create_app(loader=lambda: omnivec.load(model, device=device, **load_kwargs), settings=settings)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"

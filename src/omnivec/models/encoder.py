@@ -88,23 +88,28 @@ def _load_backbone(path: Path, dtype: torch.dtype) -> nn.Module:
             last = e
     else:
         raise ValueError(f"{path}: could not load the encoder ({last})") from last
-    check_loading_info(path, info)
+    check_loading_info(path, info, own_modules={name for name, _ in model.named_children()})
     if getattr(model, "pooler", None) is not None:
         model.pooler = None    # mean pooling never uses it: skip its matmul
     return model
 
 
-def check_loading_info(path: Path, info: dict[str, Any]) -> None:
-    """Refuse a load that left weights at random (missing) or ignored some (unexpected).
+def check_loading_info(path: Path, info: dict[str, Any], own_modules: set[str] | None = None) -> None:
+    """Refuse a load that left weights at random (missing) or ignored some of the encoder's own.
 
     transformers only logs these; a model with randomly initialised layers still returns
-    vectors, just wrong ones. The pooler is the one exception: mean pooling never runs it
-    (it is dropped after loading), so whether the checkpoint has one does not matter.
+    vectors, just wrong ones. Exceptions: the pooler (mean pooling never runs it; it is dropped
+    after loading), and unused weights outside the encoder's own modules (``own_modules``:
+    ``embeddings``, ``encoder``...), i.e. a pre-training or task head saved with it
+    (``cls.predictions`` of ``bert-base-uncased``, ``lm_head`` of ``xlm-roberta-base``).
     """
     def relevant(keys: Any) -> list[str]:
         return sorted(k for k in keys if not (k.startswith("pooler.") or ".pooler." in k))
 
-    missing, unexpected = relevant(info.get("missing_keys", ())), relevant(info.get("unexpected_keys", ()))
+    unexpected = relevant(info.get("unexpected_keys", ()))
+    if own_modules is not None:
+        unexpected = [k for k in unexpected if k.split(".", 1)[0] in own_modules]
+    missing = relevant(info.get("missing_keys", ()))
     mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
     if missing or unexpected or mismatched:
         parts = [f"{label} {len(keys)} ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})"

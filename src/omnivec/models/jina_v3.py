@@ -421,7 +421,10 @@ def use_ort_attention(file: Path) -> None:
     import onnx
     from onnx import TensorProto, helper
 
-    model = onnx.load(str(file))      # external data (a graph over 2 GB) is read in too
+    # a graph over 2 GB comes with its weights in files beside it: note which, then read them in
+    model = onnx.load(str(file), load_external_data=False)
+    external = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    onnx.load_external_data_for_model(model, str(file.parent))
     nodes, casts = [], {}
     for node in model.graph.node:
         if node.domain != "omnivec":
@@ -446,9 +449,8 @@ def use_ort_attention(file: Path) -> None:
     model.opset_import.extend(imports)
     weights = sum(len(t.raw_data) for t in model.graph.initializer)
     if weights > 1_800_000_000:     # past protobuf's 2 GB limit (ByteSize itself fails): a data file
-        for stale in file.parent.iterdir():
-            if stale != file and stale.name != file.name + ".data" and not stale.suffix == ".onnx":
-                stale.unlink()            # the exporter's per-tensor files, now read in
+        for name in external:         # the exporter's per-tensor files, now read in
+            (file.parent / name).unlink(missing_ok=True)
         onnx.save_model(model, str(file), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=file.name + ".data")
     else:

@@ -80,6 +80,7 @@ class Family:
     training_load: Callable[[Path | None], dict[str, Any]]   # resume folder -> loader kwargs
     raw_multivectors: bool = False                  # loads with projector=False (raw token states)
     onnx_builder: str | None = None                 # function of ``module`` that builds its ONNX graphs
+    cpu_int8: bool = False                          # loads with quantize=True (int8 graphs on the CPU)
 
     def model_class(self) -> Any:
         return getattr(importlib.import_module(self.module), self.cls)
@@ -98,7 +99,7 @@ FAMILIES: tuple[Family, ...] = (
            lambda resume: {"backend": "torch"}, onnx_builder="build_graph"),
     Family("encoder", "omnivec.models.encoder", "EncoderModel", _is_encoder,
            lambda resume: {"backend": "torch", "adapters": None},    # training attaches its own LoRA
-           raw_multivectors=True, onnx_builder="build_graph"),
+           raw_multivectors=True, onnx_builder="build_graph", cpu_int8=True),
 )
 
 
