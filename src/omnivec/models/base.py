@@ -123,6 +123,14 @@ class CheckpointMismatch(ValueError):
     (missing) or be ignored (unused). Every family refuses such a load instead of returning
     vectors from a partly random model."""
 
+    @classmethod
+    def listing(cls, what: str, *, missing: Sequence[str] = (), unused: Sequence[str] = (),
+                wrong: Sequence[str] = ()) -> "CheckpointMismatch":
+        """The error naming (the first few of) each kind of offending key."""
+        parts = [f"{label} {len(keys)} ({', '.join(sorted(keys)[:6])}{', ...' if len(keys) > 6 else ''})"
+                 for label, keys in (("missing", missing), ("unused", unused), ("wrong shape", wrong)) if keys]
+        return cls(f"{what}: " + "; ".join(parts) + ". Refusing to run with random or ignored weights.")
+
 
 class UnknownTaskAdapter(ValueError):
     """A task whose adapter this model does not have (the message names both sides)."""

@@ -112,11 +112,8 @@ def check_loading_info(path: Path, info: dict[str, Any], own_modules: set[str] |
     missing = relevant(info.get("missing_keys", ()))
     mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
     if missing or unexpected or mismatched:
-        parts = [f"{label} {len(keys)} ({', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''})"
-                 for label, keys in (("missing", missing), ("unused", unexpected), ("wrong shape", mismatched))
-                 if keys]
-        raise CheckpointMismatch(f"{path}: the weights do not fit the model its config.json describes: "
-                                 + "; ".join(parts) + ". Refusing to run with random or ignored weights.")
+        raise CheckpointMismatch.listing(f"{path}: the weights do not fit the model its config.json describes",
+                                         missing=missing, unused=unexpected, wrong=mismatched)
 
 
 def quantize_int8(backbone: nn.Module) -> nn.Module:
@@ -137,7 +134,7 @@ def quantize_int8(backbone: nn.Module) -> nn.Module:
                                 dtype=torch.qint8)
 
 
-def _load_tokenizer(path: Path):
+def load_tokenizer(path: Path) -> Any:
     """The fast (Rust) tokenizer from ``tokenizer.json``, with truncation and padding off."""
     from tokenizers import Tokenizer
 
@@ -351,7 +348,7 @@ class EncoderModel(EmbeddingModel):
             backbone = backbone.to(dev).eval()
         meta = _read_json(path / "omnivec.json")
         config = backbone.config
-        tokenizer = _load_tokenizer(path)
+        tokenizer = load_tokenizer(path)
         pad_id = config.pad_token_id
         if pad_id is None:
             pad_id = tokenizer.token_to_id("[PAD]") or tokenizer.token_to_id("<pad>") or 0

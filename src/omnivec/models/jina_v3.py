@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Capabilities, CheckpointMismatch, EmbeddingModel, Prepared, TaskTable, TokenStates, pick_device
-from .encoder import identity_projector, pad_ids
+from .encoder import identity_projector, load_tokenizer, pad_ids
 from .jina_v3_processing import JinaV3Processor
 
 Backend = Literal["torch", "onnx"]
@@ -47,6 +47,8 @@ _GELU = {"gelu": "none", "gelu_new": "tanh", "gelu_fast": "tanh", "gelu_pytorch_
 REFERENCE_MAX_TOKENS = 8192
 # The cache variant of the ONNX graph; bump when export_graph's recipe changes (graphs rebuild).
 GRAPH_VARIANT = "jina-v3-graph2"
+# Weights past this many bytes go to a data file beside the graph (protobuf caps a file at 2 GB).
+_INLINE_WEIGHTS_MAX_BYTES = 1_800_000_000
 
 
 @dataclass(frozen=True)
@@ -350,9 +352,8 @@ def load_backbone(path: Path, dtype: torch.dtype = torch.float32, device: torch.
                 state[name] = tensor
     missing = sorted(set(expected) - set(state))
     if missing or unused or wrong:
-        parts = [f"{label} {len(keys)} ({', '.join(sorted(keys)[:6])}{', ...' if len(keys) > 6 else ''})"
-                 for label, keys in (("missing", missing), ("unused", unused), ("wrong shape", wrong)) if keys]
-        raise CheckpointMismatch(f"{path}: the weights do not fit jina-embeddings-v3's layout: " + "; ".join(parts))
+        raise CheckpointMismatch.listing(f"{path}: the weights do not fit jina-embeddings-v3's layout",
+                                         missing=missing, unused=unused, wrong=wrong)
     model.load_state_dict(state, assign=True)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
@@ -411,7 +412,7 @@ def export_graph(backbone: JinaV3Backbone, out_file: Path) -> None:
 
 def _large(backbone: nn.Module) -> bool:
     """Whether the float32 graph would pass protobuf's 2 GB limit inline (then: external data)."""
-    return sum(p.numel() for p in backbone.parameters()) * 4 > 1_800_000_000
+    return sum(p.numel() for p in backbone.parameters()) * 4 > _INLINE_WEIGHTS_MAX_BYTES
 
 
 def use_ort_attention(file: Path) -> None:
@@ -448,7 +449,7 @@ def use_ort_attention(file: Path) -> None:
     del model.opset_import[:]
     model.opset_import.extend(imports)
     weights = sum(len(t.raw_data) for t in model.graph.initializer)
-    if weights > 1_800_000_000:     # past protobuf's 2 GB limit (ByteSize itself fails): a data file
+    if weights > _INLINE_WEIGHTS_MAX_BYTES:     # past protobuf's 2 GB limit (ByteSize itself fails): a data file
         for name in external:         # the exporter's per-tensor files, now read in
             (file.parent / name).unlink(missing_ok=True)
         onnx.save_model(model, str(file), save_as_external_data=True, all_tensors_to_one_file=True,
@@ -600,16 +601,3 @@ class JinaV3Model(EmbeddingModel):
                                        torch.from_numpy(tasks).to(self.device))
         states = hidden[torch.from_numpy(mask).to(hidden.device).bool()]
         return TokenStates(states=states, lengths=lengths, row_tasks=[-1] * len(batch))
-
-
-def load_tokenizer(path: Path) -> Any:
-    """The checkpoint's XLM-R fast tokenizer (truncation and padding off)."""
-    from tokenizers import Tokenizer
-
-    file = path / "tokenizer.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"{path}: no tokenizer.json (jina-v3 checkpoints ship the XLM-R fast tokenizer)")
-    tok = Tokenizer.from_file(str(file))
-    tok.no_truncation()
-    tok.no_padding()
-    return tok
