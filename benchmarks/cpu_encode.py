@@ -3,7 +3,9 @@
 Both run the materialised multilingual-e5-small (fp32) on the same >= 2,000 real passages (Python
 standard-library docstrings, "passage: " prefix), in the same process, alternating A/B rounds so
 drift hits both. Prints passages/s of each, the ratio, and the cosine between their vectors;
-then the same for omnivec's dynamic-int8 path. omnivec uses its default CPU backend (ONNX
+then the same for omnivec's int8 path (``precision="int8"``), and its bf16 path where the
+CPU has native bf16; each quantised path is also compared with omnivec's fp32 (speed ratio,
+min cosine). The CPU's flags (``omnivec.cpu_features``) are printed with the rows. omnivec uses its default CPU backend (ONNX
 Runtime when available; ``--backend torch`` for the PyTorch path). No timed assertions.
 
 fastembed (optional) runs beside them on the same weights: a plain ONNX export of the same
@@ -182,7 +184,11 @@ def main() -> None:
     passages = stdlib_passages(args.n)
     path = str(resolve_model_path(None))
     ours = omnivec.load(device="cpu", backend=args.backend)
-    ours_q = omnivec.load(device="cpu", quantize=True, backend=args.backend)
+    ours_q = omnivec.load(device="cpu", precision="int8", backend=args.backend)
+    from omnivec.cpu_features import detect
+    features = detect()
+    # bf16 only where the CPU multiplies it natively (elsewhere omnivec refuses it: emulated)
+    ours_bf16 = omnivec.load(device="cpu", precision="bf16") if features.bf16 else None
     if not args.skip_peers:
         word = models.Transformer(path, max_seq_length=512)
         st = SentenceTransformer(modules=[word, models.Pooling(word.get_word_embedding_dimension(), "mean"),
@@ -202,6 +208,9 @@ def main() -> None:
                          convert_to_numpy=True, show_progress_bar=False)
 
     runners = {"omnivec": run_ours, "sentence-transformers": run_st, "omnivec-int8": run_ours_q}
+    if ours_bf16 is not None:
+        ours_bf16.encode(passages[:64], task="retrieval.passage")
+        runners["omnivec-bf16"] = lambda: ours_bf16.encode(passages, task="retrieval.passage", progress=False)
     if args.skip_peers:
         del runners["sentence-transformers"]
     # warm-up (allocator, thread pools, lazy init)
@@ -247,13 +256,19 @@ def main() -> None:
     rate = {k: len(passages) / statistics.median(v) for k, v in times.items()}
     cos = lambda a, b: float(np.min(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"torch {torch.__version__}, threads {args.threads}")
+          f"torch {torch.__version__}, threads {args.threads}; CPU: {features.summary()}")
     print(f"passages: {len(passages)} stdlib docstrings, median {statistics.median(len(p) for p in passages)} chars; "
           f"rounds: {args.rounds} (A/B alternated, median)")
     print(f"omnivec backend: {ours.info()['backend']}, int8 path: {ours_q.info()['backend']} "
           f"{ours_q.info()['quantization']}; load average: {os.getloadavg()[0]:.2f}")
     for name in runners:
         print(f"  {name:24s} {rate[name]:8.1f} passages/s   (runs: {', '.join(f'{t:.1f}s' for t in times[name])})")
+    for name in ("omnivec-int8", "omnivec-bf16"):
+        if name in rate:
+            print(f"ratio {name} / omnivec (fp32): {rate[name] / rate['omnivec']:.2f}x  "
+                  f"min cos {cos(vectors[name], vectors['omnivec']):.6f}")
+    if ours_bf16 is None:
+        print(f"note: bf16 skipped: this CPU ({features.summary()}) has no native bf16")
     if other is not None:
         info = other.info()
         print(f"ratio {other_name} ({info['family']}, {info.get('backend', 'torch')}, task {args.model_task}) / "

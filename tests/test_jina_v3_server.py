@@ -40,6 +40,7 @@ def test_models_lists_the_five_v3_tasks(live) -> None:
     assert set(entry["tasks"]) == set(JINA_V3_TASKS)
     assert entry["tasks"]["retrieval.query"] == "retrieval.query"
     assert entry["max_output_length"] == 64
+    assert entry["precision"] == "fp32"                 # the compute precision it was loaded with
 
 
 @pytest.mark.parametrize("task", JINA_V3_TASKS)

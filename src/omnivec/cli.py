@@ -20,10 +20,31 @@ err = Console(stderr=True)
 ADAPTERS_HELP = "Task adapters: a folder, 'none' for the bare backbone (default: those shipped for the model)."
 
 
-def _load(model: Optional[str], device: Optional[str], quantize: bool = False, adapters: Optional[str] = None,
-          projector: bool = True):
+PRECISION_HELP = ("Compute precision: fp32 (the default on the CPU), int8 (ONNX Runtime int8, encoders on the "
+                  "CPU), bf16 (CPUs with native bf16, or GPUs). `omnivec info --precision P` says why.")
+QUANTIZE_HELP = "Same as --precision int8 (the older spelling)."
+
+
+def _precision(model: Optional[str], device: Optional[str], precision: Optional[str], quantize: bool) -> dict:
+    """``--precision`` / ``--quantize`` checked up front (not after a server start) -> load kwargs."""
+    from omnivec.models.registry import detect_family, family, precision_plan, resolve_model_path
+    from omnivec.precision import PrecisionError
+    if precision is None and not quantize:
+        return {}
+    try:
+        entry = family(detect_family(resolve_model_path(model)))
+        precision_plan(entry, device, None, precision, quantize)
+    except PrecisionError as e:
+        _fail(f"--precision: {e}")
+    except ValueError as e:
+        _fail(str(e))
+    return {"precision": "int8" if quantize else precision}
+
+
+def _load(model: Optional[str], device: Optional[str], precision: Optional[str] = None,
+          adapters: Optional[str] = None, projector: bool = True):
     import omnivec
-    kwargs: dict = {"quantize": True} if quantize else {}
+    kwargs: dict = {"precision": precision} if precision else {}
     if adapters is not None:
         kwargs["adapters"] = None if adapters.lower() == "none" else adapters
     if not projector:
@@ -33,17 +54,6 @@ def _load(model: Optional[str], device: Optional[str], quantize: bool = False, a
         m = omnivec.load(model, device=device, **kwargs)
     err.print(f"[dim]loaded {m.info()['model']} on {m.info()['device']} in {time.perf_counter() - start:.1f}s[/dim]")
     return m
-
-
-def _check_quantizable(model: Optional[str]) -> None:
-    """``--quantize`` refused up front (not after a server start) for families without int8."""
-    from omnivec.models.registry import detect_family, family, resolve_model_path
-    try:
-        entry = family(detect_family(resolve_model_path(model)))
-    except ValueError as e:
-        _fail(str(e))
-    if not entry.cpu_int8:
-        _fail(f"--quantize: the {entry.name} family has no int8 path (float32 on the CPU only)")
 
 
 def _fail(message: str) -> None:
@@ -77,9 +87,11 @@ def embed(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: GPU if present)."),
     adapters: Optional[str] = typer.Option(None, "--adapters", help=ADAPTERS_HELP),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write x.npy (dense), x.npz (multi) or x.jsonl."),
+    precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP),
 ) -> None:
     """Embed texts, images and PDF pages; print a summary or write the vectors."""
     import omnivec
+    precision = _precision(model, device, precision, False).get("precision")
     inputs: list = list(texts or [])
     for f in file:
         lines = (sys.stdin.read() if str(f) == "-" else _read_text(f)).splitlines()
@@ -89,7 +101,7 @@ def embed(
     if not inputs:
         _fail("nothing to embed: give texts, --file, --image or --pdf")
     try:
-        m = _load(model, device, adapters=adapters)
+        m = _load(model, device, precision, adapters=adapters)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     start = time.perf_counter()
@@ -147,12 +159,15 @@ def _write(out: Path, vectors: list, labels: list[str], multivector: bool) -> No
 def info(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or directory."),
     device: Optional[str] = typer.Option(None, "--device"),
+    precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Show the model, device, dimensions, tasks and adapters."""
+    """Show the model, device, precision (and why), dimensions, tasks and adapters."""
     import omnivec
-    m = _load(model, device)
+    from omnivec.cpu_features import detect
+    m = _load(model, device, _precision(model, device, precision, False).get("precision"))
     data = m.info()
+    data["cpu"] = detect().summary()
     data["omnivec"] = omnivec.__version__
     if as_json:
         print(json.dumps(data, indent=2))
@@ -172,7 +187,10 @@ def info(
 def prepare(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or directory (default: embedded)."),
     adapters: Optional[str] = typer.Option(None, "--adapters", help=ADAPTERS_HELP),
-    quantize: bool = typer.Option(False, "--quantize", help="Also build the int8 graphs (encoders on the CPU)."),
+    precision: Optional[str] = typer.Option(None, "--precision",
+                                            help="Build the graphs of this precision (int8: also the fp32 ones "
+                                                 "it is checked against). " + PRECISION_HELP),
+    quantize: bool = typer.Option(False, "--quantize", help=QUANTIZE_HELP),
     device: Optional[str] = typer.Option(None, "--device"),
 ) -> None:
     """Build every cached artifact the model needs (ONNX graphs of each task) ahead of time.
@@ -185,14 +203,12 @@ def prepare(
     import omnivec
     started = time.perf_counter()
     kwargs: dict = {} if adapters is None else {"adapters": None if adapters.lower() == "none" else adapters}
-    if quantize:
-        _check_quantizable(model)
-        kwargs["quantize"] = True
+    kwargs.update(_precision(model, device, precision, quantize))
     m = omnivec.load(model, device=device, **kwargs)
     m.model.load_all_tasks()
     tasks = m.info().get("tasks") or {}       # API task -> the adapter it runs
     err.print(f"[bold]omnivec[/bold] {m.info().get('model')} ready in {time.perf_counter() - started:.1f} s "
-              f"(backend {m.info().get('backend', 'torch')}; tasks: "
+              f"(backend {m.info().get('backend', 'torch')}, precision {m.info()['precision']}; tasks: "
               f"{', '.join(f'{t} -> {a}' for t, a in tasks.items()) if isinstance(tasks, dict) else tasks})",
               soft_wrap=True)
 
@@ -223,9 +239,8 @@ def serve(
                                         "status, items, tokens, seconds)."),
     drain_s: float = typer.Option(30.0, "--drain-s", help="On SIGTERM: how long requests in flight may finish."),
     adapters: Optional[str] = typer.Option(None, "--adapters", help=ADAPTERS_HELP),
-    quantize: bool = typer.Option(False, "--quantize",
-                                  help="Serve the int8 graphs (encoders on the CPU: faster, cosine >= 0.99 "
-                                       "to float32)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP),
+    quantize: bool = typer.Option(False, "--quantize", help=QUANTIZE_HELP),
 ) -> None:
     """Serve the HTTP API (Jina- and OpenAI-compatible /v1/embeddings) with cross-request batching."""
     import omnivec
@@ -240,9 +255,7 @@ def serve(
     if log_format not in ("text", "json"):
         _fail(f"--log-format must be text or json, not {log_format!r}")
     load_kwargs: dict = {} if adapters is None else {"adapters": None if adapters.lower() == "none" else adapters}
-    if quantize:
-        _check_quantizable(model)
-        load_kwargs["quantize"] = True
+    load_kwargs.update(_precision(model, device, precision, quantize))
     app_ = create_app(loader=lambda: omnivec.load(model, device=device, **load_kwargs), settings=settings)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     auth = ' -H "Authorization: Bearer $KEY"' if api_key else ""
@@ -270,6 +283,7 @@ def eval_(
     raw_multivectors: bool = typer.Option(False, "--raw-multivectors",
                                           help="With --multivector: raw token states (e.g. 384-d) instead of the "
                                                "trained multi-vector projector (omnivec.load(projector=False); encoders)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print results.json to stdout."),
 ) -> None:
     """Evaluate retrieval (nDCG, recall, MRR, MAP) on a built-in suite or a dataset on disk."""
@@ -293,7 +307,8 @@ def eval_(
             _fail("--raw-multivectors changes the multi-vectors only: add --multivector")
         _check_raw_multivectors(model)
     try:
-        m = _load(model, device, adapters=adapters, projector=not raw_multivectors)
+        m = _load(model, device, _precision(model, device, precision, False).get("precision"), adapters=adapters,
+                  projector=not raw_multivectors)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     for d in dims or []:

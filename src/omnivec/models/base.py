@@ -25,6 +25,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
+from ..precision import PrecisionPlan
 from ..tasks import ADAPTERS, API_TASKS, TaskSpec
 from .text_bounds import TextIds, bounded_ids
 
@@ -287,6 +288,9 @@ class EmbeddingModel(ABC):
     prepare_threads: int = 1                   # CPU threads for prepare() (must be thread-safe if > 1)
     # Linear layers (name suffixes) a new task adapter wraps; empty: tasks come with the checkpoint
     lora_targets: tuple[str, ...] = ()
+    # The checked precision request it was loaded with and why (set by registry.load_model)
+    precision_plan: PrecisionPlan | None = None
+    quantized: bool = False                    # True: int8 weights (the CPU int8 path)
 
     @abstractmethod
     def token_states(self, batch: Sequence[Prepared], *, grad: bool = False) -> TokenStates:
@@ -322,12 +326,23 @@ class EmbeddingModel(ABC):
         pays for it: the server calls this before ``/ready``, ``omnivec prepare`` ahead of time.
         Families that need nothing per task keep this default."""
 
+    @property
+    def precision(self) -> str:
+        """The arithmetic the backbone runs: fp32 | int8 | bf16 | fp16."""
+        if self.quantized:
+            return "int8"
+        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
+            self.dtype, str(self.dtype).replace("torch.", ""))
+
     def info(self) -> dict[str, Any]:
+        plan = self.precision_plan
         return {
             "model": self.name,
             "family": self.family,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
+            "precision": self.precision,
+            "precision_reason": plan.reason if plan is not None else "as loaded (not through omnivec.load)",
             "dim": self.dim,
             "multivector_dim": self.multivector_dim,
             "matryoshka_dims": list(self.matryoshka_dims),

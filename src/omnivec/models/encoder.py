@@ -393,6 +393,9 @@ class EncoderModel(EmbeddingModel):
         info = super().info()
         info["backend"] = "onnxruntime" if self.backend == "onnx" else "torch"
         info["quantization"] = "int8-dynamic" if self.quantized else None
+        if self.quantized and self.backend == "onnx":
+            from .encoder_onnx import read_check
+            info["int8_check"] = read_check(self.backbone.file)   # its fp32 comparison when built
         info["adapter_dir"] = str(self.adapter_dir) if self.adapter_dir else None
         return info
 

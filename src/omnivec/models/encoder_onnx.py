@@ -13,7 +13,8 @@ the torch model, and cached::
     <cache>/onnx/<dir name>-<key>/model.onnx  # any other directory (read-only packages ...)
                               model.onnx.data # its large initializers (word embeddings)
                               model.onnx.shared.json  # where they are in the data file
-                              model_int8.onnx # built on first quantize=True (+ .data, .json)
+                              model_int8_r2.onnx  # built on first int8 use (+ .data, .shared.json,
+                                                  # .check.json: its comparison with fp32)
 
 ``<key>`` hashes the weight files' path, size and mtime (not their bytes: reading 470 MB on
 every load costs a second), ``config.json``, the onnxruntime version and :data:`EXPORT_VERSION`.
@@ -48,7 +49,30 @@ import numpy as np
 # 2: the word embeddings live in an external data file, memory-mapped at load (manifest beside).
 EXPORT_VERSION = 2
 FLOAT_FILE = "model.onnx"
-INT8_FILE = "model_int8.onnx"
+# The int8 recipe is part of its file name: bump it when quantisation or its check changes.
+# 2: every int8 graph is checked against its fp32 graph when built (``.check.json`` beside it).
+INT8_RECIPE = 2
+INT8_FILE = f"model_int8_r{INT8_RECIPE}.onnx"
+# An int8 graph is used only if its mean-pooled vectors of CHECK_TEXTS stay this close to its
+# fp32 graph's (cosine, every text): the quality bar of the int8 path (issue 23).
+INT8_MIN_COSINE = 0.99
+# Real sentences of several kinds (prose, code, numbers, German, French, Chinese, a query),
+# tokenised with the model's own tokenizer, so the check sees realistic activations.
+CHECK_TEXTS = (
+    "passage: The quick brown fox jumps over the lazy dog near the river bank.",
+    "query: how do I reset my password",
+    "passage: def read_config(path):\n    with open(path) as f:\n        return json.load(f)",
+    "passage: Return the number of items in a container; raise TypeError for objects without len().",
+    "passage: Die Bundesregierung hat am Mittwoch neue Regeln für den Datenschutz beschlossen.",
+    "passage: La tour Eiffel a été construite pour l'Exposition universelle de 1889 à Paris.",
+    "passage: 机器学习是人工智能的一个分支，研究计算机如何从数据中学习。",
+    "passage: Invoice 2024-0117: 3 x 12.50 EUR, VAT 19%, total 44.63 EUR, due 2024-02-15.",
+    "query: what is the capital of Australia",
+    "passage: SELECT name, COUNT(*) FROM users GROUP BY name HAVING COUNT(*) > 1 ORDER BY 2 DESC;",
+    "passage: Photosynthesis converts light energy into chemical energy stored in glucose molecules, "
+    "releasing oxygen as a by-product; it takes place in the chloroplasts of plant cells.",
+    "passage: class LRUCache:\n    def __init__(self, size): self.size, self.data = size, OrderedDict()",
+)
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Initializers of at least this many bytes go to the external data file and are shared between
 # sessions: the word-embedding matrix (96M values, 384 MB on e5-small), never a layer's weights.
@@ -193,7 +217,7 @@ def export_float(backbone: Any, out_file: Path) -> None:
         opt.save_model_to_file(str(out_file))
 
 
-def _ffn_down_projections(model: Any) -> list[str]:
+def ffn_down_projections(model: Any) -> list[str]:
     """MatMul nodes of the FFN down-projections (``layer.N/output/dense``, not attention's)."""
     return [n.name for n in model.graph.node if n.op_type == "MatMul"
             and n.name.endswith("/output/dense/MatMul") and "attention" not in n.name]
@@ -215,7 +239,7 @@ def quantize_int8(float_file: Path, out_file: Path) -> None:
 
     graph = onnx.load(str(float_file), load_external_data=False)
     quantize_dynamic(str(float_file), str(out_file), per_channel=True, reduce_range=True,
-                     weight_type=QuantType.QInt8, nodes_to_exclude=_ffn_down_projections(graph),
+                     weight_type=QuantType.QInt8, nodes_to_exclude=ffn_down_projections(graph),
                      # the fused contrib ops defeat shape inference; their tensors are float
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
@@ -364,9 +388,58 @@ def build_onnx(model_dir: str | Path, *, quantize: bool = False, load_torch: Cal
         return float_file
     file = onnx_file(model_dir, quantize=True, variant=variant)
     if not file.is_file():
-        _atomic_write(file, lambda out: _externalised(out, lambda tmp: quantize_int8(float_file, tmp)))
+        def write_int8(out: Path) -> None:
+            _externalised(out, lambda tmp: quantize_int8(float_file, tmp))
+            report = check_quantized(float_file, out, model_dir, threads=threads)
+            check_file(out).write_text(json.dumps(report))
+
+        _atomic_write(file, write_int8)    # a graph that fails its check is never renamed into place
         export_count["int8"] += 1
     return file
+
+
+def check_file(graph: Path) -> Path:
+    """Where the fp32 comparison of a quantised graph is recorded (beside it)."""
+    return graph.with_name(graph.name + ".check.json")
+
+
+def read_check(graph: Path) -> dict[str, Any] | None:
+    """The recorded fp32 comparison of a quantised graph, or None (a float graph)."""
+    file = check_file(graph)
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def check_quantized(float_file: Path, int8_file: Path, model_dir: Path, *, threads: int | None = None,
+                    min_cosine: float | None = None) -> dict[str, Any]:
+    """Compare a quantised graph with its fp32 graph on :data:`CHECK_TEXTS` (mean-pooled vectors);
+    raises RuntimeError below ``min_cosine`` (default :data:`INT8_MIN_COSINE`), else returns the
+    numbers (recorded beside the graph, shown by ``omnivec info``).
+
+    Why: like the fp32 export against torch, a quantised graph must prove itself before it
+    serves; an outlier-heavy model (or a task adapter that creates outliers) can quantise badly.
+    """
+    from .encoder import load_tokenizer, pad_ids
+
+    bar = INT8_MIN_COSINE if min_cosine is None else min_cosine
+    config = json_config(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    limit = int(getattr(config, "max_position_embeddings", 512) or 512) - 2
+    rows = [e.ids[:limit] for e in tokenizer.encode_batch(list(CHECK_TEXTS))]
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    ids, mask = pad_ids(rows, int(pad))
+    pooled = []
+    for file, quantized in ((float_file, False), (int8_file, True)):
+        hidden = OnnxBackbone(file, config, quantized=quantized, threads=threads)(ids, mask)
+        summed = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+        pooled.append(summed / np.linalg.norm(summed, axis=1, keepdims=True))
+    cosines = (pooled[0] * pooled[1]).sum(1)
+    report = {"min_cosine": round(float(cosines.min()), 6), "mean_cosine": round(float(cosines.mean()), 6),
+              "texts": len(rows), "bar": bar}
+    if not float(cosines.min()) >= bar:
+        raise RuntimeError(f"the int8 graph of {model_dir} strays from its fp32 graph (min cosine "
+                           f"{float(cosines.min()):.4f} < {bar} on {len(rows)} check texts): not used; "
+                           "run this model in fp32")
+    return report
 
 
 # Builds this process ran in a child (tests check that a cache hit runs none).

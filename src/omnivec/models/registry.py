@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .base import EmbeddingModel
+from ..precision import PrecisionPlan, plan
+from .base import EmbeddingModel, pick_device
 
 DEFAULT_MODEL = "multilingual-e5-small"
 _E5_NAMES = {"default", DEFAULT_MODEL, "intfloat/multilingual-e5-small"}
@@ -172,19 +173,36 @@ def shipped_adapters(name: str | os.PathLike | None) -> Path | None:
 
 def load_model(name: str | os.PathLike | None = None, *, device: str | torch.device | None = None,
                dtype: torch.dtype | None = None, adapters: str | os.PathLike | None = "default",
-               **kwargs) -> EmbeddingModel:
+               precision: str | None = None, quantize: bool = False, **kwargs) -> EmbeddingModel:
     """Load a model family instance by name, hub id or directory.
 
     ``adapters``: ``"default"`` = the adapters shipped for a built-in model, else those of the
     model directory (jina-v4: its ``adapters/`` folder); a folder of trained adapters
     (``omnivec train`` output, both families); or ``None`` for the bare backbone.
+    ``precision``: ``fp32`` | ``int8`` | ``bf16`` (:mod:`omnivec.precision`; ``quantize=True``
+    is the older spelling of ``int8``), checked against the family, device and CPU first.
     """
     path = resolve_model_path(name)
     entry = family(detect_family(path))
     if isinstance(adapters, str) and adapters == "default":
         adapters = shipped_adapters(name) or "auto"
+    chosen = precision_plan(entry, device, dtype, precision, quantize)
+    if chosen.quantize:
+        kwargs["quantize"] = True
     with _quiet_transformers():
-        return entry.model_class().from_directory(path, device=device, dtype=dtype, adapters=adapters, **kwargs)
+        model = entry.model_class().from_directory(path, device=device, dtype=chosen.dtype, adapters=adapters,
+                                                   **kwargs)
+    model.precision_plan = chosen
+    return model
+
+
+def precision_plan(entry: Family, device: str | torch.device | None, dtype: torch.dtype | None,
+                   precision: str | None, quantize: bool = False) -> PrecisionPlan:
+    """The checked precision request for a family on a device (raises PrecisionError)."""
+    from ..cpu_features import detect
+
+    return plan(precision, quantize=quantize, dtype=dtype, device=pick_device(device), family=entry.name,
+                family_int8=entry.cpu_int8, features=detect())
 
 
 def load_for_training(name: str | os.PathLike | None, resume: Path | None = None) -> EmbeddingModel:

@@ -203,6 +203,8 @@ class ModelEntry(BaseModel):
     max_output_length: Optional[int] = None
     # omnivec's extension: the ``task`` values this model accepts, each with the adapter it runs
     tasks: Optional[dict[str, str]] = None
+    # omnivec's extension: the compute precision it runs (fp32 | int8 | bf16 | fp16, see docs/PRECISION.md)
+    precision: Optional[str] = None
 
 
 class ModelList(BaseModel):
@@ -268,4 +270,5 @@ def model_list(ids: list[str], owner: str, created: int, info: dict[str, Any]) -
         {"id": i, "object": "model", "created": created, "owned_by": owner,
          "name": info.get("model", i), "input_modalities": modalities,
          "output_modalities": ["embeddings"], "context_length": info.get("max_tokens"),
-         "max_output_length": info.get("dim"), "tasks": info.get("tasks")} for i in ids]}
+         "max_output_length": info.get("dim"), "tasks": info.get("tasks"),
+         "precision": info.get("precision")} for i in ids]}
