@@ -76,6 +76,7 @@ def test_int8_close_to_torch_float(e5_dir, e5_torch):
     q = EncoderModel.from_directory(e5_dir, device="cpu", quantize=True)
     assert q.backend == "onnx" and q.info()["quantization"] == "int8-dynamic"
     assert q.backbone.file.name == encoder_onnx.INT8_FILE
+    assert q.info()["int8_check"]["min_cosine"] >= 0.99      # compared with its fp32 graph when built
     cos = _cos(_forward(q, TEXTS).dense, _forward(e5_torch, TEXTS).dense)
     assert cos.min() >= 0.99, cos
 

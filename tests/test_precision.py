@@ -47,8 +47,10 @@ def test_this_machine_is_detected():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(precision="int4"), "precision='int4' is not one of fp32, int8, bf16"),
-    (dict(precision="bf16", quantize=True), "quantize=True means precision='int8'"),
+    (dict(precision="bf16", quantize=True), "quantize=True (--quantize) means precision='int8'"),
     (dict(precision="bf16", dtype=torch.float32), "contradicts precision='bf16'"),
+    (dict(precision="int8", dtype=torch.bfloat16), "contradicts precision='int8'"),
+    (dict(quantize=True, dtype=torch.float16), "contradicts quantize=True"),
     (dict(precision="int8", device=torch.device("cuda")), "precision='int8' is a CPU path"),
     (dict(precision="int8", family_int8=False, family="jina-v3"), "the jina-v3 family has no int8 path"),
     (dict(precision="bf16"), "needs a CPU with native bf16"),
@@ -70,7 +72,7 @@ def test_requests_map_to_the_family_loader():
     assert "the default" in default.reason and "no VNNI" in default.reason
     assert "native dot products" in plan(None, quantize=False, features=zen4, **base).reason
     int8 = plan("int8", quantize=False, features=zen2, **base)
-    assert int8.quantize and int8.dtype is None and "checked against fp32" in int8.reason
+    assert int8.quantize and int8.dtype is None and "checked against its fp32 graph" in int8.reason
     assert plan(None, quantize=True, features=zen2, **base) == int8          # the older spelling
     bf16 = plan("bfloat16", quantize=False, features=zen4, **base)
     assert (bf16.name, bf16.dtype) == ("bf16", torch.bfloat16)
@@ -154,3 +156,29 @@ def test_an_int8_graph_that_strays_from_fp32_is_refused_and_never_cached(tiny_en
     assert float_file.is_file()                                   # the fp32 graph is fine and kept
     assert not int8_file.exists() and not encoder_onnx.check_file(int8_file).exists()
     assert sorted(p.name for p in int8_file.parent.iterdir() if "int8" in p.name) == []
+
+
+def test_a_refused_int8_graph_fails_the_load_instead_of_running_unchecked_int8(tiny_encoder, tmp_path, monkeypatch):
+    """The load does not swap in torch's dynamic int8 (never compared with fp32) when the ONNX
+    int8 graph is refused; it fails and says why."""
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("the int8 graph of tiny strays from its fp32 graph (min cosine 0.95 < 0.99)")
+
+    monkeypatch.setattr(encoder_onnx, "load_onnx_backbone", refused)
+    monkeypatch.setenv("OMNIVEC_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(RuntimeError, match="strays from its fp32 graph") as info:
+        omnivec.load(tiny_encoder, device="cpu", precision="int8", adapters=None)
+    assert "the int8 path is unavailable" in str(info.value)
+
+
+def test_cli_names_the_flag_that_contradicts(tiny_encoder):
+    from typer.testing import CliRunner
+
+    from omnivec.cli import app
+    result = CliRunner().invoke(app, ["info", "--model", str(tiny_encoder), "--precision", "int4"])
+    assert result.exit_code == 2 and "--precision: precision='int4' is not one of fp32, int8, bf16" in result.output
+    result = CliRunner().invoke(app, ["prepare", "--model", str(tiny_encoder), "--quantize", "--precision", "bf16"])
+    assert result.exit_code == 2 and "--quantize" in result.output and "means precision='int8'" in result.output
+    result = CliRunner().invoke(app, ["info", "--model", str(tiny_encoder), "--precision", "int8", "--device", "nope"])
+    assert result.exit_code == 2 and "Traceback" not in result.output

@@ -35,8 +35,8 @@ def _precision(model: Optional[str], device: Optional[str], precision: Optional[
         entry = family(detect_family(resolve_model_path(model)))
         precision_plan(entry, device, None, precision, quantize)
     except PrecisionError as e:
-        _fail(f"--precision: {e}")
-    except ValueError as e:
+        _fail(f"{'--quantize' if quantize and precision is None else '--precision'}: {e}")
+    except (ValueError, RuntimeError) as e:     # RuntimeError: torch's word for a bad --device
         _fail(str(e))
     return {"precision": "int8" if quantize else precision}
 

@@ -48,6 +48,8 @@ class CpuFeatures:
         """One line for ``omnivec info`` and benchmark rows, e.g. ``AVX2, no VNNI, no BF16``."""
         if not self.known:
             return f"{platform.machine()} (CPU flags not readable on {platform.system()})"
+        if not self.avx2 and not self.avx512:
+            return "no AVX2 (omnivec's int8/bf16 checks know x86 flags only)"
         width = "AVX-512" if self.avx512 else "AVX2" if self.avx2 else "no AVX2"
         vnni = ", ".join(f for f in INT8_DOT_FLAGS if f in self.flags) or "no VNNI"
         bf16 = ", ".join(f for f in BF16_FLAGS if f in self.flags) or "no BF16"

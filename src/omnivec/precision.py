@@ -75,10 +75,14 @@ def plan(precision: str | None, *, quantize: bool, dtype: torch.dtype | None, de
     name = normalise(precision) if precision is not None else None
     if quantize:
         if name not in (None, "int8"):
-            raise PrecisionError(f"quantize=True means precision='int8', but precision={precision!r} was given")
+            raise PrecisionError(f"quantize=True (--quantize) means precision='int8', but precision={precision!r} "
+                                 "was given")
         name = "int8"
-    if dtype is not None and name is not None and name != "int8" and _DTYPE_NAMES.get(dtype) != name:
-        raise PrecisionError(f"dtype={dtype} contradicts precision={precision!r}; give one of them")
+    if dtype is not None and name is not None:
+        wanted = torch.float32 if name == "int8" else None        # int8 graphs take float32 in and out
+        if (wanted is not None and dtype != wanted) or (wanted is None and _DTYPE_NAMES.get(dtype) != name):
+            asked = "quantize=True (precision='int8')" if quantize and precision is None else f"precision={precision!r}"
+            raise PrecisionError(f"dtype={dtype} contradicts {asked}; give one of them")
     if name is None:
         if dtype is not None:
             name = _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
@@ -98,8 +102,9 @@ def plan(precision: str | None, *, quantize: bool, dtype: torch.dtype | None, de
         speed = ("VNNI int8 dot products" if features.int8_dot else
                  "no VNNI here: int8 runs at about fp32's speed, with a little less accuracy")
         return PrecisionPlan("int8", None, True,
-                             f"int8, as asked: ONNX Runtime dynamic int8 (per-channel 7-bit weights, FFN "
-                             f"down-projections fp32), each graph checked against fp32 when built. {cpu} ({speed})")
+                             f"int8, as asked: dynamic int8 (per-channel 7-bit weights, FFN down-projections "
+                             f"fp32); on ONNX Runtime each graph is checked against its fp32 graph when built "
+                             f"(int8_check), backend='torch' runs torch's dynamic int8 unchecked. {cpu} ({speed})")
     if name == "bf16":
         if on_cpu and not features.bf16:
             raise PrecisionError(f"precision='bf16' needs a CPU with native bf16 (AVX512_BF16 or AMX-BF16); this "

@@ -50,7 +50,7 @@ def run_suite(embedder: Any, suite: Suite | str, settings: EvalSettings | None =
             bar.advance()
     info = embedder.info()
     notes = list(suite.notes) + sorted({d.meta["subsampled"] for d in datasets if "subsampled" in d.meta})
-    return {"suite": suite.name, "model": {k: info.get(k) for k in ("model", "family", "device", "dim", "dtype", "adapters", "adapter_dir", "multivector_dim")},
+    return {"suite": suite.name, "model": {k: info.get(k) for k in ("model", "family", "device", "dim", "dtype", "precision", "adapters", "adapter_dir", "multivector_dim")},
             "ocr_model": not embedder.model.capabilities.native_images and any(d.visual for d in datasets),
             "headline": datasets[0].headline if datasets else "nDCG@10",
             "settings": {"dimensions": list(settings.dimensions or [embedder.dim]),

@@ -340,6 +340,9 @@ class EncoderModel(EmbeddingModel):
             if backbone is None:
                 if backend == "onnx":
                     raise RuntimeError(f"{path}: backend='onnx' unavailable: {reason}")
+                if quantize:   # torch's int8 is never checked against fp32: no silent swap to it
+                    raise RuntimeError(f"{path}: the int8 path is unavailable: {reason}. Run it in fp32, or "
+                                       "ask for torch's unchecked dynamic int8 with backend='torch'")
                 warnings.warn(f"omnivec: {reason}; using the torch backend", RuntimeWarning, stacklevel=2)
         if backbone is None:
             backbone = _load_backbone(path, torch.float32 if quantize else dtype)
@@ -396,6 +399,8 @@ class EncoderModel(EmbeddingModel):
         if self.quantized and self.backend == "onnx":
             from .encoder_onnx import read_check
             info["int8_check"] = read_check(self.backbone.file)   # its fp32 comparison when built
+            if self.task_graphs is not None:      # each task's graph is checked on its own (once opened)
+                info["int8_task_checks"] = self.task_graphs.checks()
         info["adapter_dir"] = str(self.adapter_dir) if self.adapter_dir else None
         return info
 
@@ -502,6 +507,12 @@ class TaskGraphs:
                     build=lambda: build_in_child(self.model_dir, quantize=self.quantize,
                                                  adapter_dir=self.adapter_dir, task=task))
             return self.graphs[task]
+
+    def checks(self) -> dict[str, Any]:
+        """Each opened task graph's recorded fp32 comparison (int8 graphs; None for float ones)."""
+        from .encoder_onnx import read_check
+        with self._lock:
+            return {task: read_check(graph.file) for task, graph in self.graphs.items()}
 
     def open_all(self) -> None:
         """Build (if missing) and open every task's graph now, so no request pays for it."""

@@ -395,6 +395,8 @@ def build_onnx(model_dir: str | Path, *, quantize: bool = False, load_torch: Cal
 
         _atomic_write(file, write_int8)    # a graph that fails its check is never renamed into place
         export_count["int8"] += 1
+        for stale in cache.glob("model_int8.onnx*"):   # recipe 1's unchecked graph (never read again)
+            stale.unlink(missing_ok=True)
     return file
 
 
