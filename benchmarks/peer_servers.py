@@ -560,7 +560,8 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"terminated (SIGTERM); partial numbers in {args.json}"))
     started = time.time()
     load_start = os.getloadavg()
-    print(f"machine: {platform.machine()} {os.cpu_count()} cpus, {platform.platform()}; "
+    from omnivec.cpu_features import detect
+    print(f"machine: {platform.machine()} {os.cpu_count()} cpus, {platform.platform()}; CPU: {detect().summary()}; "
           f"load average at start: {' '.join(f'{x:.2f}' for x in load_start)}", flush=True)
     src = omnivec_model_dir()
     model_folder = prepare_peer_model(args.peer_dir, src)

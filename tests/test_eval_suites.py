@@ -91,8 +91,8 @@ def test_visual_dataset_with_ocr_baselines(default_model, tmp_path):
     pytest.importorskip("rapidocr_onnxruntime")
     from omnivec.eval.datasets import PageImage
     from omnivec.eval.vdr_rendered import _text_page
-    pages = {"a.png": PageImage(_text_page("Weather", "It rains in Paris today."), "a.png"),
-             "b.png": PageImage(_text_page("Cooking", "Boil the pasta for ten minutes."), "b.png")}
+    pages = {"a.png": PageImage(_text_page("Weather", "It rains in Paris today.")[0], "a.png"),
+             "b.png": PageImage(_text_page("Cooking", "Boil the pasta for ten minutes.")[0], "b.png")}
     ds = RetrievalDataset("pages", {"q0": "how long to boil pasta"}, pages, {"q0": {"b.png": 1}}, headline="nDCG@5")
     settings = EvalSettings(baselines=["bm25", "ocr-text"], cache_dir=tmp_path)
     res = run_suite(default_model, Suite("pages", [ds]), settings, progress=False)

@@ -79,6 +79,9 @@ def embed(
     file: List[Path] = typer.Option([], "--file", "-f", help="Text file: one input per line ('-' = stdin)."),
     image: List[str] = typer.Option([], "--image", help="Image path or URL (repeatable)."),
     pdf: List[Path] = typer.Option([], "--pdf", help="PDF file: one vector per page (repeatable)."),
+    pdf_text: str = typer.Option("auto", "--pdf-text",
+                                 help="Text-only models: a PDF page's text layer where it holds enough text, else "
+                                      "OCR (auto), always the layer (layer), or always OCR (ocr)."),
     task: str = typer.Option("text-matching", "--task", "-t",
                              help="retrieval.query | retrieval.passage | text-matching | code.query | code.passage"),
     dimensions: Optional[int] = typer.Option(None, "--dimensions", "-d", help="Matryoshka size of dense vectors."),
@@ -97,7 +100,9 @@ def embed(
         lines = (sys.stdin.read() if str(f) == "-" else _read_text(f)).splitlines()
         inputs.extend(line for line in lines if line.strip())
     inputs.extend(omnivec.Image(i) for i in image)
-    inputs.extend(omnivec.PDF(p) for p in pdf)
+    if pdf_text not in ("auto", "layer", "ocr"):
+        _fail(f"--pdf-text must be auto, layer or ocr, got {pdf_text!r}")
+    inputs.extend(omnivec.PDF(p, text=pdf_text) for p in pdf)
     if not inputs:
         _fail("nothing to embed: give texts, --file, --image or --pdf")
     try:
@@ -373,6 +378,10 @@ def index_(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: GPU if present)."),
     chunk_tokens: Optional[int] = typer.Option(None, "--chunk-tokens", help="Tokens per text chunk (default 256)."),
     chunk_overlap: Optional[int] = typer.Option(None, "--chunk-overlap", help="Overlap between chunks (default 32)."),
+    pdf_text: Optional[str] = typer.Option(None, "--pdf-text",
+                                           help="Text-only models: read PDF pages from their text layer (auto: "
+                                                "where it holds enough text, else OCR; default), layer, or ocr. "
+                                                "Fixed at creation."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
                                             help="Progress bar (default: on a terminal only)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
@@ -382,9 +391,11 @@ def index_(
         _fail(f"{path} is not a directory")
     if multivector_storage is not None and multivector_storage not in ("float16", "binary", "float32"):
         _fail(f"--multivector-storage must be float16, binary or float32, got {multivector_storage!r}")
+    if pdf_text is not None and pdf_text not in ("auto", "layer", "ocr"):
+        _fail(f"--pdf-text must be auto, layer or ocr, got {pdf_text!r}")
     ix = _open_index(store, model, device, True, multivector=multivector or None,
                      multivector_storage=multivector_storage, chunk_tokens=chunk_tokens,
-                     chunk_overlap=chunk_overlap)
+                     chunk_overlap=chunk_overlap, pdf_text=pdf_text)
     with ix:
         summary = ix.add_path(path, progress=progress)
         stats = ix.stats()

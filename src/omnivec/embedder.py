@@ -249,7 +249,9 @@ class Embedder:
         Thread-safe: the server's engine calls it from a worker pool.
         """
         try:
-            items, local = parse_inputs(list(inputs), limits or self.limits, on_planned)
+            # a model that reads text only takes a PDF page's text layer where it has one
+            items, local = parse_inputs(list(inputs), limits or self.limits, on_planned,
+                                        text_pages=not self.model.capabilities.native_images)
         except InputError as e:
             raise InputError(None if e.index is None else start + e.index, e.reason) from e
         origins = [start + i for i in local]

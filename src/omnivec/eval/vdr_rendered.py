@@ -66,23 +66,27 @@ def _page() -> tuple[Any, Any]:
     return im, ImageDraw.Draw(im)
 
 
-def _text_page(title: str, body: str) -> bytes:
+def _text_page(title: str, body: str) -> tuple[bytes, str]:
+    """The page's PNG and the text drawn on it (every drawer returns both)."""
     im, draw = _page()
     title_font, body_font = _font(26, bold=True), _font(18)
+    drawn = []
     y = MARGIN
     for line in _wrap(title, title_font, SIZE[0] - 2 * MARGIN):
         draw.text((MARGIN, y), line, font=title_font, fill="black")
+        drawn.append(line)
         y += 36
     y += 14
     for line in _wrap(body, body_font, SIZE[0] - 2 * MARGIN):
         if y > SIZE[1] - MARGIN - 24:
             break
         draw.text((MARGIN, y), line, font=body_font, fill=(20, 20, 20))
+        drawn.append(line)
         y += 26
-    return _png(im)
+    return _png(im), "\n".join(drawn)
 
 
-def _columns_page(title: str, items: list[str]) -> bytes:
+def _columns_page(title: str, items: list[str]) -> tuple[bytes, str]:
     im, draw = _page()
     title_font, body_font = _font(24, bold=True), _font(17)
     draw.text((MARGIN, MARGIN), title, font=title_font, fill="black")
@@ -96,10 +100,10 @@ def _columns_page(title: str, items: list[str]) -> bytes:
                 y += 24
             y += 16
     draw.line((SIZE[0] // 2, MARGIN + 55, SIZE[0] // 2, SIZE[1] - MARGIN), fill=(160, 160, 160), width=1)
-    return _png(im)
+    return _png(im), "\n".join([title] + items)
 
 
-def _table_page(title: str, header: list[str], rows: list[list[str]]) -> bytes:
+def _table_page(title: str, header: list[str], rows: list[list[str]]) -> tuple[bytes, str]:
     im, draw = _page()
     title_font, font, bold = _font(24, bold=True), _font(17), _font(17, bold=True)
     draw.text((MARGIN, MARGIN), title, font=title_font, fill="black")
@@ -112,10 +116,10 @@ def _table_page(title: str, header: list[str], rows: list[list[str]]) -> bytes:
             draw.text((x + 8, y + 12), cell, font=bold if r == 0 else font, fill="black")
             x += w
         y += 44
-    return _png(im)
+    return _png(im), "\n".join([title] + [" ".join(row) for row in [header] + rows])
 
 
-def _chart_page(title: str, labels: list[str], values: list[int], xlabel: str) -> bytes:
+def _chart_page(title: str, labels: list[str], values: list[int], xlabel: str) -> tuple[bytes, str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -130,7 +134,12 @@ def _chart_page(title: str, labels: list[str], values: list[int], xlabel: str) -
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     plt.close(fig)
-    return buf.getvalue()
+    return buf.getvalue(), "\n".join([title] + [f"{label} {v}" for label, v in zip(labels, values)] + [xlabel])
+
+
+def _drawn(page: tuple[bytes, str]) -> dict[str, Any]:
+    png, text = page
+    return {"image": png, "text": text}
 
 
 # ------------------------------------------------------------------------------ content
@@ -156,7 +165,7 @@ def _paragraph_pages(n: int) -> Iterator[dict[str, Any]]:
         sentences.add(sentence)
         name = pair.path[:-3].replace("/", ".").removesuffix(".__init__") + "." + pair.name
         yield {"query": sentence, "kind": "paragraph", "language": "en",
-               "image": _text_page(name, pair.docstring), "source": name}
+               **_drawn(_text_page(name, pair.docstring)), "source": name}
         if len(modules) == n:
             return
 
@@ -176,7 +185,7 @@ def _column_pages(languages: tuple[str, ...], per_lang: int, per_page: int = 10)
                 return
             english, _ = max(chunk, key=lambda et: (len(et[0]), et[0]))
             yield {"query": english, "kind": "two-column", "language": lang, "source": f"django.po {lang}",
-                   "image": _columns_page(f"Django — {names.get(lang, lang)} ({p + 1})", [t for _, t in chunk])}
+                   **_drawn(_columns_page(f"Django — {names.get(lang, lang)} ({p + 1})", [t for _, t in chunk]))}
 
 
 def _table_pages(n: int, per_page: int = 9) -> Iterator[dict[str, Any]]:
@@ -191,8 +200,8 @@ def _table_pages(n: int, per_page: int = 9) -> Iterator[dict[str, Any]]:
         asked = chunk[len(chunk) // 2]
         yield {"query": f"What is the native name of the {asked[1]} language?", "kind": "table",
                "language": "en", "source": "django LANG_INFO",
-               "image": _table_page(f"Languages {chunk[0][0]} – {chunk[-1][0]}",
-                                    ["code", "English name", "native name", "direction"], chunk)}
+               **_drawn(_table_page(f"Languages {chunk[0][0]} – {chunk[-1][0]}",
+                                    ["code", "English name", "native name", "direction"], chunk))}
 
 
 def _chart_pages(n_stdlib: int, n_django: int) -> Iterator[dict[str, Any]]:
@@ -207,8 +216,8 @@ def _chart_pages(n_stdlib: int, n_django: int) -> Iterator[dict[str, Any]]:
         labels = [p[:-3].replace("/", ".") for p, _ in mods]
         yield {"query": f"Which module of the Python {pkg} package has the most documented functions?",
                "kind": "chart", "language": "en", "source": f"stdlib {pkg}",
-               "image": _chart_page(f"Documented functions per module in the {pkg} package",
-                                    labels, [c for _, c in mods], "documented functions")}
+               **_drawn(_chart_page(f"Documented functions per module in the {pkg} package",
+                                    labels, [c for _, c in mods], "documented functions"))}
     import polib
     core = django_root() / "conf" / "locale"
     langs = [c for c in sorted(LANG_INFO) if "name" in LANG_INFO[c] and (core / c / "LC_MESSAGES" / "django.po").is_file()]
@@ -223,8 +232,16 @@ def _chart_pages(n_stdlib: int, n_django: int) -> Iterator[dict[str, Any]]:
         asked = names[len(names) // 2]
         yield {"query": f"How many core Django messages are translated into {asked}?", "kind": "chart",
                "language": "en", "source": "django catalogues",
-               "image": _chart_page(f"Translated core Django messages: {names[0]} to {names[-1]}",
-                                    names, values, "translated messages (django/conf/locale)")}
+               **_drawn(_chart_page(f"Translated core Django messages: {names[0]} to {names[-1]}",
+                                    names, values, "translated messages (django/conf/locale)"))}
+
+
+def iter_pages() -> Iterator[dict[str, Any]]:
+    """Every page in suite order: ``query``, ``kind``, ``language``, ``source``, ``image`` (PNG
+    bytes) and ``text``, the text drawn on the page (what a PDF of it would carry as its text
+    layer: ``benchmarks/pdf_text_layer.py`` builds those PDFs). The suite file leaves ``text`` out."""
+    for gen in (_paragraph_pages(24), _column_pages(("de", "fr", "es"), 8), _table_pages(12), _chart_pages(6, 6)):
+        yield from gen
 
 
 def generate(out_dir: Path, on_page: Callable[[], None] | None = None) -> Path:
@@ -232,13 +249,13 @@ def generate(out_dir: Path, on_page: Callable[[], None] | None = None) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
     rows: list[dict[str, Any]] = []
-    for gen in (_paragraph_pages(24), _column_pages(("de", "fr", "es"), 8), _table_pages(12), _chart_pages(6, 6)):
-        for row in gen:
-            row["image_filename"] = f"{len(rows):03d}-{row['kind']}.png"
-            row["image"] = {"bytes": row["image"], "path": row["image_filename"]}
-            rows.append(row)
-            if on_page is not None:
-                on_page()
+    for row in iter_pages():
+        del row["text"]
+        row["image_filename"] = f"{len(rows):03d}-{row['kind']}.png"
+        row["image"] = {"bytes": row["image"], "path": row["image_filename"]}
+        rows.append(row)
+        if on_page is not None:
+            on_page()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "test.parquet"
     table = pa.Table.from_pylist(rows)

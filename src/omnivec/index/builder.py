@@ -89,8 +89,10 @@ class FolderSync:
     """One synchronisation run of a folder into a store with one embedder and fixed settings."""
 
     def __init__(self, store: Any, model: "Embedder", *, multivector: bool, chunk_tokens: int,
-                 chunk_overlap: int, limits: Any = None) -> None:
+                 chunk_overlap: int, limits: Any = None, pdf_text: str = "auto") -> None:
+        """``pdf_text``: how a text-only model reads PDF pages (``omnivec.PDF(text=...)``)."""
         self.store = store
+        self.pdf_text = pdf_text
         self.model = model
         self.multivector = multivector
         self.chunk_tokens = chunk_tokens
@@ -158,7 +160,8 @@ class FolderSync:
         for source, digest in todo:
             try:
                 items = read_items(source, count_tokens=self._count_tokens, max_tokens=self.chunk_tokens,
-                                   overlap=self.chunk_overlap, limits=self.limits)
+                                   overlap=self.chunk_overlap, limits=self.limits,
+                                   pdf_text=None if self._reads_images else self.pdf_text)
             except IngestError as e:
                 fail(source.rel_path, str(getattr(e, "reason", e)))
                 continue

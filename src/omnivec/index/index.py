@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from ..inputs.pdf import PDF_TEXT_MODES
 from .builder import PASSAGE_TASK, FolderSync, IndexSummary
 from .lexical import CachedBM25, rrf
 from .snippets import make_snippet
@@ -64,13 +65,18 @@ class Index:
     ``multivector``, ``multivector_storage``, ``chunk_tokens``, ``chunk_overlap``: fixed when
     the store is created; None means "as stored" (defaults: False, float16, 256, 32). Asking an
     existing store for different values raises :class:`IndexMismatchError`.
+    ``pdf_text`` (fixed at creation too; default ``auto``): how a text-only model reads PDF
+    pages, ``omnivec.PDF(text=...)``'s rule (``auto``: a page's text layer when it holds
+    enough text, else OCR; ``layer``; ``ocr``). Indexes built before this setting are ``ocr``.
+    Models with native images always embed the page image.
     ``create=False`` raises FileNotFoundError instead of creating a missing store.
     """
 
     def __init__(self, store: str | Path = "./docs.omnivec", model: "Embedder | str | None" = None, *,
                  multivector: bool | None = None, multivector_storage: str | None = None,
                  chunk_tokens: int | None = None, chunk_overlap: int | None = None,
-                 limits: Any = None, device: str | None = None, create: bool = True) -> None:
+                 pdf_text: str | None = None, limits: Any = None, device: str | None = None,
+                 create: bool = True) -> None:
         from .stores import open_store
 
         self.spec = str(store)
@@ -95,13 +101,14 @@ class Index:
                 self.model = self._resolve_model(model, None, device)
                 meta = self._new_meta(model, bool(multivector), multivector_storage or "float16",
                                       256 if chunk_tokens is None else chunk_tokens,
-                                      32 if chunk_overlap is None else chunk_overlap)
+                                      32 if chunk_overlap is None else chunk_overlap, pdf_text or "auto")
                 st = open_store(self.spec, dim=self.model.dim,
                                 multivector_dim=self.model.multivector_dim if multivector else None,
                                 multivector_storage=meta["multivector_storage"] or "float16", create=True)
                 st.set_meta(meta)
             else:
-                self._check_settings(meta, multivector, multivector_storage, chunk_tokens, chunk_overlap)
+                meta.setdefault("pdf_text", "ocr")    # indexes from before the setting OCRed every page
+                self._check_settings(meta, multivector, multivector_storage, chunk_tokens, chunk_overlap, pdf_text)
                 self.model = self._resolve_model(model, meta, device)
                 self._check_model(meta)
         except BaseException:
@@ -113,27 +120,31 @@ class Index:
         self.multivector: bool = bool(meta["multivector"])
         self.chunk_tokens: int = int(meta["chunk_tokens"])
         self.chunk_overlap: int = int(meta["chunk_overlap"])
+        self.pdf_text: str = str(meta["pdf_text"])
 
     # ------------------------------------------------------------------ opening
     def _new_meta(self, model_arg: Any, multivector: bool, storage: str, chunk_tokens: int,
-                  chunk_overlap: int) -> dict[str, Any]:
+                  chunk_overlap: int, pdf_text: str) -> dict[str, Any]:
         if chunk_tokens < 16:
             raise ValueError(f"chunk_tokens must be >= 16, got {chunk_tokens}")
         if not 0 <= chunk_overlap < chunk_tokens:
             raise ValueError(f"chunk_overlap must be in [0, chunk_tokens), got {chunk_overlap}")
+        if pdf_text not in PDF_TEXT_MODES:
+            raise ValueError(f"pdf_text must be one of {', '.join(PDF_TEXT_MODES)}, got {pdf_text!r}")
         info = self.model.info()
         ref = _model_ref(model_arg) if isinstance(model_arg, (str, os.PathLike)) else info["model"]
         return {"omnivec_index": META_VERSION, "model": info["model"], "model_ref": ref,
                 "dim": self.model.dim, "multivector": multivector,
                 "multivector_dim": self.model.multivector_dim if multivector else None,
                 "multivector_storage": storage if multivector else None,
-                "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap,
+                "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap, "pdf_text": pdf_text,
                 "query_task": QUERY_TASK, "passage_task": PASSAGE_TASK, "root": None,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
     def _check_settings(self, meta: dict[str, Any], multivector: bool | None, storage: str | None,
-                        chunk_tokens: int | None, chunk_overlap: int | None) -> None:
+                        chunk_tokens: int | None, chunk_overlap: int | None, pdf_text: str | None) -> None:
         asked = {"multivector": multivector, "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap,
+                 "pdf_text": pdf_text,
                  "multivector_storage": storage if meta.get("multivector") or multivector else None}
         for key, want in asked.items():
             if want is not None and meta.get(key) != want:
@@ -181,7 +192,7 @@ class Index:
             self.meta["root"] = str(root_path)
             self.store.set_meta(self.meta)
         sync = FolderSync(self.store, self.model, multivector=self.multivector, chunk_tokens=self.chunk_tokens,
-                          chunk_overlap=self.chunk_overlap, limits=self.limits)
+                          chunk_overlap=self.chunk_overlap, limits=self.limits, pdf_text=self.pdf_text)
         try:
             return sync.run(root_path, progress)
         finally:
@@ -299,7 +310,7 @@ class Index:
                 "items": self.store.count(), "size_bytes": self.store.size_bytes(),
                 "model": self.meta.get("model"), "dim": self.meta.get("dim"),
                 "multivector": self.multivector, "multivector_storage": self.meta.get("multivector_storage"),
-                "chunk_tokens": self.chunk_tokens, "chunk_overlap": self.chunk_overlap}
+                "chunk_tokens": self.chunk_tokens, "chunk_overlap": self.chunk_overlap, "pdf_text": self.pdf_text}
 
     def close(self) -> None:
         """Release the store (Qdrant local mode holds a folder lock until then)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..inputs import PDF, Image, InputError, InputLimits
+from ..inputs.pdf import PDF_TEXT_MODES
 from .chunking import chunk_code, chunk_text
 from .types import Item
 
@@ -226,11 +227,17 @@ def _input_error(e: InputError) -> IngestError:
     return IngestError(reason)
 
 
-def _pdf_items(source: SourceFile, limits: InputLimits, pdf_scale: float | None) -> Iterator[Item]:
-    """One item per page, rendered and read one page at a time (the document stays open)."""
+def _pdf_items(source: SourceFile, limits: InputLimits, pdf_scale: float | None,
+               pdf_text: str | None) -> Iterator[Item]:
+    """One item per page, rendered and read one page at a time (the document stays open).
+
+    ``pdf_text`` (a text-only model): the ``PDF(text=...)`` rule; a page it takes from the text
+    layer is never rendered and its content is that text. None: every page is rendered.
+    """
     data = _read_bytes(source.abs_path, limits.max_image_bytes)
-    pdf = PDF(data) if pdf_scale is None else PDF(data, dpi=pdf_scale * 72.0)
-    pages = pdf.iter_pages(limits, text=True)
+    dpi = 144 if pdf_scale is None else pdf_scale * 72.0
+    pdf = PDF(data, dpi=dpi, text=pdf_text or "ocr")
+    pages = pdf.iter_pages(limits, text=True, text_pages=pdf_text is not None)
     try:
         while True:
             try:
@@ -239,7 +246,8 @@ def _pdf_items(source: SourceFile, limits: InputLimits, pdf_scale: float | None)
                 return
             except InputError as e:
                 raise _input_error(e) from None
-            yield Item(path=source.rel_path, kind="pdf-page", content=page.image, text=page.text or "",
+            content = page.text if page.image is None else page.image   # the layer's text, or the page image
+            yield Item(path=source.rel_path, kind="pdf-page", content=content, text=page.text or "",
                        page=page.index + 1, ordinal=page.index)
     finally:
         pages.close()  # abandoning this iterator closes the document at once
@@ -253,13 +261,16 @@ def iter_items(
     overlap: int = 32,
     limits: InputLimits | None = None,
     pdf_scale: float | None = None,
+    pdf_text: str | None = None,
 ) -> Iterator[Item]:
     """Like :func:`read_items`, but yields items as they are made (PDF pages one at a time)."""
     limits = DEFAULT_LIMITS if limits is None else limits
     if pdf_scale is not None and not 1 / 72 <= pdf_scale <= 2400 / 72:
         raise ValueError(f"pdf_scale must be in [1/72, 2400/72] (a dpi of 1..2400), got {pdf_scale!r}")
+    if pdf_text is not None and pdf_text not in PDF_TEXT_MODES:
+        raise ValueError(f"pdf_text must be one of {', '.join(PDF_TEXT_MODES)} or None, got {pdf_text!r}")
     if source.kind == "pdf":
-        yield from _pdf_items(source, limits, pdf_scale)
+        yield from _pdf_items(source, limits, pdf_scale, pdf_text)
         return
     if source.kind == "image":
         data = _read_bytes(source.abs_path, limits.max_image_bytes)
@@ -290,12 +301,15 @@ def read_items(
     overlap: int = 32,
     limits: InputLimits | None = None,
     pdf_scale: float | None = None,
+    pdf_text: str | None = None,
 ) -> list[Item]:
     """Turn one file into items: text/code chunks, one image, or one rendered page per PDF page.
 
     ``limits`` default to :data:`DEFAULT_LIMITS`; ``pdf_scale`` (pixels per PDF point) defaults
-    to the scale ``omnivec.PDF`` embeds with (144 dpi). Raises :class:`IngestError` for files
+    to the scale ``omnivec.PDF`` embeds with (144 dpi). ``pdf_text``: None renders every PDF
+    page (models with native images); ``auto``/``layer``/``ocr`` is the ``omnivec.PDF(text=...)``
+    rule of a text-only model (a page read from its layer has that text as content). Raises :class:`IngestError` for files
     that cannot be read or decoded (corrupt, truncated, binary, too large).
     """
     return list(iter_items(source, count_tokens=count_tokens, max_tokens=max_tokens, overlap=overlap,
-                           limits=limits, pdf_scale=pdf_scale))
+                           limits=limits, pdf_scale=pdf_scale, pdf_text=pdf_text))

@@ -27,7 +27,7 @@ def _check_text(text: str) -> None:
 
 def parse_inputs(
     inputs: InputItem | Sequence[InputItem], limits: InputLimits = InputLimits(),
-    on_planned: Callable[[int], None] | None = None,
+    on_planned: Callable[[int], None] | None = None, *, text_pages: bool = False,
 ) -> tuple[list[str | PILImage.Image], list[int]]:
     """Validate and load inputs into items (str or PIL image) plus each item's input index.
 
@@ -39,6 +39,8 @@ def parse_inputs(
     ``limits.max_request_pixels`` (InputError without an index: the request as a whole).
     ``on_planned(pixels)``, when given, is called with that total after sizing and before any
     decoding: the server reserves the pixels against its global budget there (it may raise).
+    ``text_pages=True`` (the model reads text only): a PDF page that its ``PDF(text=...)`` rule
+    sends to the text layer comes out as that text (a str) and is never rendered.
     """
     if isinstance(inputs, (str, Image, PDF, PILImage.Image)):
         seq: Sequence[object] = [inputs]
@@ -53,7 +55,7 @@ def parse_inputs(
     plans = []
     for i, x in enumerate(seq):  # read, check and size every input; decode none yet
         try:
-            plans.append(_plan(x, limits))
+            plans.append(_plan(x, limits, text_pages))
         except InputError as e:
             raise e.with_index(i) from e.__cause__
     planned = sum(p.pixels for p in plans)
@@ -75,12 +77,14 @@ def parse_inputs(
     return items, origin
 
 
-def _plan(x: object, limits: InputLimits) -> DecodePlan:
+def _plan(x: object, limits: InputLimits, text_pages: bool = False) -> DecodePlan:
     """One input checked and sized (pixels from headers and page sizes), not decoded."""
     if isinstance(x, str):
         _check_text(x)
         return DecodePlan(0, lambda: [x])
-    if isinstance(x, (Image, PDF)):
+    if isinstance(x, PDF):
+        return x.plan(limits, text_pages=text_pages)
+    if isinstance(x, Image):
         return x.plan(limits)
     if isinstance(x, PILImage.Image):
         return Image(x).plan(limits)

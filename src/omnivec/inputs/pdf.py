@@ -6,6 +6,12 @@ rendered one at a time (:meth:`PDF.iter_pages`), holding the lock only while a p
 rendered, never while a page is handed to the caller. Pixel budgets are applied from page
 sizes before any page is rendered: per page (the DPI is lowered to fit) and per document.
 What the document's Flate streams inflate to is counted before pdfium opens it (``pdf_streams``).
+
+For models that read text only (the default encoder), a page that carries enough text in its
+text layer is embedded from that text instead of being rendered and read by OCR
+(:func:`reads_text_layer`, ``PDF(text="auto")``): the layer is the page's exact text, free of
+OCR's errors (ligatures, hyphens, small fonts), and reading it skips rendering altogether.
+Scanned pages (no layer) are rendered and go through OCR, page by page.
 """
 
 from __future__ import annotations
@@ -22,7 +28,28 @@ from .limits import DecodePlan, InputError, InputLimits
 from .pdf_streams import check_inflated_size
 from .sources import describe_source, source_bytes
 
-__all__ = ["PDF", "PDFPage"]
+__all__ = ["PDF", "PDFPage", "PDF_TEXT_MODES", "MIN_LAYER_CHARS_PER_SQ_INCH", "reads_text_layer"]
+
+# How a text-only model reads a page: "auto" (its text layer when it holds enough text, else
+# OCR of the rendered page), "layer" (always the layer, even an empty one), "ocr" (always OCR).
+PDF_TEXT_MODES = ("auto", "layer", "ocr")
+# "auto" takes the text layer when it holds at least this many non-space characters per square
+# inch of page: 187 on a US-letter page (93.5 sq in), 194 on A4. A page of running text holds
+# 25-45 per square inch, a scan 0, a page with only a header or page number well under 1, so
+# the rule tells them apart with a wide margin; a title page with a few words goes to OCR,
+# which reads the same words.
+MIN_LAYER_CHARS_PER_SQ_INCH = 2.0
+
+
+def reads_text_layer(mode: str, text: str, width_pt: float, height_pt: float) -> bool:
+    """Whether a text-only model embeds this page's text layer (else OCR of its image)."""
+    if mode == "layer":
+        return True
+    if mode == "ocr":
+        return False
+    area_sq_inch = max(width_pt * height_pt, 1.0) / (72.0 * 72.0)
+    chars = sum(1 for c in text if not c.isspace())
+    return chars / area_sq_inch >= MIN_LAYER_CHARS_PER_SQ_INCH
 
 # pdfium is not thread-safe; the server decodes inputs from worker threads.
 _PDFIUM_LOCK = threading.Lock()
@@ -35,13 +62,15 @@ class PDFPage:
     """One rendered page of a :class:`PDF`.
 
     ``index`` is the 0-based page index in the document, ``image`` the page rendered to an RGB
-    image (owned by the caller), ``text`` the page's text layer when it was asked for (else
-    None): newlines normalised to ``\\n``, NUL characters dropped, stripped, and ``""`` for a
-    page without a readable text layer (a scan, or a damaged text layer; the image still counts).
+    image (owned by the caller), or None for a page a text-only reader takes from its text
+    layer (``iter_pages(text_pages=True)``, see :func:`reads_text_layer`); ``text`` the page's
+    text layer when it was asked for (else None): newlines normalised to ``\\n``, NUL
+    characters dropped, stripped, and ``""`` for a page without a readable text layer (a scan,
+    or a damaged text layer; the image still counts).
     """
 
     index: int
-    image: PILImage.Image
+    image: PILImage.Image | None
     text: str | None = None
 
 
@@ -49,11 +78,15 @@ class PDF:
     """A PDF document; expands to one image per page (pypdfium2, no system Poppler).
 
     ``pages`` selects 0-based page indices (negative ones count from the end) in the given
-    order; None means all pages.
+    order; None means all pages. ``text`` (one of :data:`PDF_TEXT_MODES`) is how a model that
+    reads text only takes each page: ``"auto"`` its text layer when it holds enough text, else
+    OCR of the rendered page; ``"layer"`` always the layer; ``"ocr"`` always OCR. Models with
+    native image input always embed the rendered page.
     """
 
     def __init__(
-        self, source: str | bytes | os.PathLike, dpi: int = 144, pages: Sequence[int] | None = None
+        self, source: str | bytes | os.PathLike, dpi: int = 144, pages: Sequence[int] | None = None,
+        text: str = "auto",
     ) -> None:
         if not isinstance(source, (str, bytes, bytearray, memoryview, os.PathLike)):
             raise InputError(None, f"PDF source must be str, bytes or os.PathLike, not {type(source).__name__}")
@@ -65,12 +98,15 @@ class PDF:
             ):
                 raise InputError(None, "PDF pages must be a sequence of int page indices")
             pages = list(pages)
+        if text not in PDF_TEXT_MODES:
+            raise InputError(None, f"PDF text must be one of {', '.join(PDF_TEXT_MODES)}, got {text!r}")
+        self.text = text
         self.source = source
         self.dpi = dpi
         self.pages = pages
 
     def __repr__(self) -> str:
-        return f"PDF({describe_source(self.source)}, dpi={self.dpi}, pages={self.pages})"
+        return f"PDF({describe_source(self.source)}, dpi={self.dpi}, pages={self.pages}, text={self.text!r})"
 
     # ---------------------------------------------------------------- public
     def page_count(self, limits: InputLimits = InputLimits()) -> int:
@@ -83,12 +119,15 @@ class PDF:
             finally:
                 doc.close()
 
-    def iter_pages(self, limits: InputLimits = InputLimits(), *, text: bool = False) -> Iterator[PDFPage]:
+    def iter_pages(self, limits: InputLimits = InputLimits(), *, text: bool = False,
+                   text_pages: bool = False) -> Iterator[PDFPage]:
         """Yield the selected pages in order, each rendered only when it is asked for.
 
         Each page is rendered at ``dpi``, lowered for a page whose pixels would exceed
         ``limits.max_pdf_pixels_per_page`` (or ``max_image_pixels``, if lower); ``text=True``
-        also reads each page's text layer (:attr:`PDFPage.text`). Nothing is read until the
+        also reads each page's text layer (:attr:`PDFPage.text`). ``text_pages=True`` (a reader
+        of text only) reads every layer and renders only the pages that ``self.text`` sends to
+        OCR; the others come with ``image=None``. Nothing is read until the
         first page is asked for; then the document is opened and checked before any page is
         rendered: the selection (out-of-range pages, more than ``limits.max_pdf_pages``) and
         the pixels all pages would render to, from their sizes (``limits.max_pdf_pixels``).
@@ -100,27 +139,33 @@ class PDF:
         otherwise leaves the document to pypdfium2's own finaliser instead of deadlocking.
         """
         data = self._read(limits)  # outside the lock: a URL fetch must not block other PDFs
-        yield from self._pages(data, limits, text)
+        yield from self._pages(data, limits, text, text_pages)
 
     def render(self, limits: InputLimits = InputLimits()) -> list[PILImage.Image]:
         """Render the selected pages to RGB images at ``dpi``, lowered per page to fit the limit."""
         return [page.image for page in self.iter_pages(limits)]
 
-    def plan(self, limits: InputLimits = InputLimits()) -> DecodePlan:
+    def plan(self, limits: InputLimits = InputLimits(), *, text_pages: bool = False) -> DecodePlan:
         """The pixels rendering would produce (from page sizes, no page rendered) and a loader.
 
         Why: :func:`~omnivec.inputs.parse_inputs` adds up a request's pixels before decoding
         any input. The document is read once (a URL is fetched once) and opened again to render.
+        ``text_pages=True`` (a model that reads text only): pages taken from their text layer
+        load as that text (a str) and count no pixels; the others load as images.
         """
         data = self._read(limits)
         with _PDFIUM_LOCK:
             doc = _open_document(data)
             try:
-                layout = self._layout(doc, limits)
+                layout = self._layout(doc, limits, text_pages)
             finally:
                 doc.close()
-        return DecodePlan(sum(p.pixels for p in layout),
-                          lambda: [page.image for page in self._pages(data, limits, False)])
+
+        def load() -> list[str | PILImage.Image]:
+            pages = self._pages(data, limits, False, text_pages)
+            return [page.text if page.image is None else page.image for page in pages]
+
+        return DecodePlan(sum(p.pixels for p in layout), load)
 
     # ---------------------------------------------------------------- internals
     def _read(self, limits: InputLimits) -> bytes:
@@ -143,13 +188,16 @@ class PDF:
             raise InputError(None, f"PDF has too many pages: {len(selected)} > {limits.max_pdf_pages}")
         return selected
 
-    def _pages(self, data: bytes, limits: InputLimits, text: bool) -> Iterator[PDFPage]:
+    def _pages(self, data: bytes, limits: InputLimits, text: bool, text_pages: bool = False) -> Iterator[PDFPage]:
         with _PDFIUM_LOCK:
             doc = _open_document(data)
         try:
             with _PDFIUM_LOCK:
-                layout = self._layout(doc, limits)
+                layout = self._layout(doc, limits, text_pages)
             for page in layout:
+                if page.layer is not None:                  # read from its text layer: no render
+                    yield PDFPage(index=page.index, image=None, text=page.layer)
+                    continue
                 with _PDFIUM_LOCK:
                     image = _render_page(doc, page)
                     page_text = _page_text(doc, page.index) if text else None
@@ -161,8 +209,10 @@ class PDF:
                 finally:
                     _PDFIUM_LOCK.release()
 
-    def _layout(self, doc, limits: InputLimits) -> list[_PagePlan]:  # lock held
-        """Each selected page's render size, from page sizes alone, within both pixel budgets.
+    def _layout(self, doc, limits: InputLimits, text_pages: bool = False) -> list[_PagePlan]:  # lock held
+        """Each selected page's render size, from page sizes alone, within both pixel budgets;
+        with ``text_pages``, the pages a text-only reader takes from their text layer (which
+        render nothing and count no pixels).
 
         Why before rendering: a 2 KB PDF can declare 16 pages of 14400 pt (and rendering them
         all took +2.6 GB), and loading a page already inflates its content streams.
@@ -180,7 +230,13 @@ class PDF:
                 w_pt, h_pt = doc.get_page_size(i)
             except Exception as e:
                 raise InputError(None, f"not a valid PDF (page {i}: {type(e).__name__}: {e})") from None
-            layout.append(_fit_page(i, w_pt, h_pt, self.dpi / 72.0, per_page))
+            layer = None
+            if text_pages and self.text != "ocr":
+                page_text = _page_text(doc, i)
+                if reads_text_layer(self.text, page_text, w_pt, h_pt):
+                    layer = page_text
+            layout.append(_PagePlan(i, 0.0, 0, 0, layer) if layer is not None
+                          else _fit_page(i, w_pt, h_pt, self.dpi / 72.0, per_page))
         total = sum(p.pixels for p in layout)
         if total > limits.max_pdf_pixels:
             raise InputError(None, f"PDF would render to {total} pixels over {len(layout)} pages, more than "
@@ -190,12 +246,14 @@ class PDF:
 
 @dataclass(frozen=True)
 class _PagePlan:
-    """How one page is rendered: the scale (pixels per point) and the bitmap size it gives."""
+    """How one page is rendered: the scale (pixels per point) and the bitmap size it gives;
+    or, for a page a text-only reader takes from its text layer, that text (nothing rendered)."""
 
     index: int
     scale: float
     width: int
     height: int
+    layer: str | None = None
 
     @property
     def pixels(self) -> int:
@@ -258,4 +316,6 @@ def _page_text(doc, i: int) -> str:  # doc: pypdfium2.PdfDocument; caller holds 
             textpage.close()
         if page is not None:
             page.close()
+    # a damaged layer can hold lone UTF-16 surrogates, which no tokenizer or JSON encoder takes
+    text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text.replace("\r\n", "\n").replace("\r", "\n").replace("\0", "").strip()
