@@ -119,13 +119,32 @@ def test_modes_and_bad_modes(default_model, mixed_pdf):
         omnivec.PDF(path, text="both")
 
 
-def test_text_pages_count_no_pixels(default_model, mixed_pdf):
-    """A text-only model reads layer pages without rendering them, so they spend no pixel budget."""
+def test_text_pages_still_count_their_pixels(default_model, mixed_pdf):
+    """Layer pages are not rendered, but they count the pixels they would render: every pixel
+    budget (and so the work a request may cause) bounds a PDF exactly as before."""
     path, _ = mixed_pdf
-    one_page = InputLimits(max_pdf_pixels=612 * 792 * 4 + 10)      # one page at 144 dpi
-    assert default_model.embed([omnivec.PDF(path)], "retrieval.passage", limits=one_page).dense.shape[0] == 4
-    with pytest.raises(InputError, match="max_pdf_pixels"):
-        default_model.embed([omnivec.PDF(path, text="ocr")], "retrieval.passage", limits=one_page)
+    limits = InputLimits()
+    assert (omnivec.PDF(path).plan(limits, text_pages=True).pixels
+            == omnivec.PDF(path, text="ocr").plan(limits, text_pages=True).pixels == 4 * 1224 * 1584)
+    one_page = InputLimits(max_pdf_pixels=1224 * 1584 + 10)        # one page at 144 dpi
+    for mode in ("auto", "ocr"):
+        with pytest.raises(InputError, match="max_pdf_pixels"):
+            default_model.embed([omnivec.PDF(path, text=mode)], "retrieval.passage", limits=one_page)
+
+
+def test_a_huge_text_layer_is_read_only_up_to_the_cap(tmp_path):
+    from omnivec.inputs.pdf import MAX_PAGE_TEXT_CHARS
+
+    pdf = fpdf.FPDF(unit="pt", format=(612, 792))
+    pdf.set_auto_page_break(False)
+    pdf.set_font("Helvetica", size=1)
+    pdf.add_page()
+    words = " ".join(f"w{i}" for i in range(20000))                  # ~129,000 characters, one page
+    pdf.multi_cell(612, 1, text=words)
+    path = tmp_path / "dense.pdf"
+    pdf.output(str(path))
+    [page] = omnivec.PDF(path).iter_pages(text=True, text_pages=True)
+    assert page.image is None and 0 < len(page.text) <= MAX_PAGE_TEXT_CHARS
 
 
 def test_models_with_native_images_embed_every_page_image(tmp_path, mixed_pdf):
@@ -176,7 +195,8 @@ def test_the_server_applies_the_same_rule(default_model, mixed_pdf):
     data = base64.b64encode(path.read_bytes()).decode()
     with LiveServer(create_app(default_model, ServerSettings())) as live:
         r = httpx.post(live.url + "/v1/embeddings", timeout=120,
-                       json={"model": "default", "task": "retrieval.passage", "input": [{"pdf": data}]})
+                       json={"model": "default", "task": "retrieval.passage", "truncate": True,
+                             "input": [{"pdf": data}]})
     assert r.status_code == 200, r.text
     got = np.array([d["embedding"] for d in r.json()["data"]])
     want = default_model.encode([omnivec.PDF(path)], task="retrieval.passage")

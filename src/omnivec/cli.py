@@ -184,8 +184,9 @@ def info(
         table.add_row(key, ", ".join(map(str, value)) if isinstance(value, list) else str(value))
     Console().print(table)
     if not m.model.capabilities.native_images:
-        Console().print("[yellow]note:[/yellow] this model reads text only; images and PDF pages are "
-                        "converted to text by OCR (rapidocr) and embedded as text.")
+        Console().print("[yellow]note:[/yellow] this model reads text only; images are converted to text by "
+                        "OCR (rapidocr) and embedded as text; PDF pages are read from their text layer "
+                        "where it holds enough text, else by OCR (omnivec.PDF(text=...), --pdf-text).")
 
 
 @app.command()

@@ -79,6 +79,8 @@ class Index:
                  create: bool = True) -> None:
         from .stores import open_store
 
+        if pdf_text is not None and pdf_text not in PDF_TEXT_MODES:
+            raise ValueError(f"pdf_text must be one of {', '.join(PDF_TEXT_MODES)}, got {pdf_text!r}")
         self.spec = str(store)
         self.limits = limits
         self._bm25 = CachedBM25()
@@ -129,8 +131,6 @@ class Index:
             raise ValueError(f"chunk_tokens must be >= 16, got {chunk_tokens}")
         if not 0 <= chunk_overlap < chunk_tokens:
             raise ValueError(f"chunk_overlap must be in [0, chunk_tokens), got {chunk_overlap}")
-        if pdf_text not in PDF_TEXT_MODES:
-            raise ValueError(f"pdf_text must be one of {', '.join(PDF_TEXT_MODES)}, got {pdf_text!r}")
         info = self.model.info()
         ref = _model_ref(model_arg) if isinstance(model_arg, (str, os.PathLike)) else info["model"]
         return {"omnivec_index": META_VERSION, "model": info["model"], "model_ref": ref,

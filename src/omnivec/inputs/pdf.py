@@ -16,6 +16,7 @@ Scanned pages (no layer) are rendered and go through OCR, page by page.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import threading
@@ -28,7 +29,8 @@ from .limits import DecodePlan, InputError, InputLimits
 from .pdf_streams import check_inflated_size
 from .sources import describe_source, source_bytes
 
-__all__ = ["PDF", "PDFPage", "PDF_TEXT_MODES", "MIN_LAYER_CHARS_PER_SQ_INCH", "reads_text_layer"]
+__all__ = ["PDF", "PDFPage", "PDF_TEXT_MODES", "MIN_LAYER_CHARS_PER_SQ_INCH", "MAX_PAGE_TEXT_CHARS",
+           "reads_text_layer"]
 
 # How a text-only model reads a page: "auto" (its text layer when it holds enough text, else
 # OCR of the rendered page), "layer" (always the layer, even an empty one), "ocr" (always OCR).
@@ -39,6 +41,9 @@ PDF_TEXT_MODES = ("auto", "layer", "ocr")
 # the rule tells them apart with a wide margin; a title page with a few words goes to OCR,
 # which reads the same words.
 MIN_LAYER_CHARS_PER_SQ_INCH = 2.0
+# At most this much of a page's text layer is read (a dense page holds 3,000-6,000 characters;
+# every model here reads at most 8,192 tokens of it, most 512).
+MAX_PAGE_TEXT_CHARS = 50_000
 
 
 def reads_text_layer(mode: str, text: str, width_pt: float, height_pt: float) -> bool:
@@ -64,7 +69,8 @@ class PDFPage:
     ``index`` is the 0-based page index in the document, ``image`` the page rendered to an RGB
     image (owned by the caller), or None for a page a text-only reader takes from its text
     layer (``iter_pages(text_pages=True)``, see :func:`reads_text_layer`); ``text`` the page's
-    text layer when it was asked for (else None): newlines normalised to ``\\n``, NUL
+    text layer when it was asked for or the page was read from it (else None): newlines
+    normalised to ``\\n``, at most :data:`MAX_PAGE_TEXT_CHARS` characters, NUL
     characters dropped, stripped, and ``""`` for a page without a readable text layer (a scan,
     or a damaged text layer; the image still counts).
     """
@@ -75,7 +81,8 @@ class PDFPage:
 
 
 class PDF:
-    """A PDF document; expands to one image per page (pypdfium2, no system Poppler).
+    """A PDF document; expands to one item per page: the rendered page image (pypdfium2, no
+    system Poppler), or for a model that reads text only, per ``text``, the page's text layer.
 
     ``pages`` selects 0-based page indices (negative ones count from the end) in the given
     order; None means all pages. ``text`` (one of :data:`PDF_TEXT_MODES`) is how a model that
@@ -151,7 +158,7 @@ class PDF:
         Why: :func:`~omnivec.inputs.parse_inputs` adds up a request's pixels before decoding
         any input. The document is read once (a URL is fetched once) and opened again to render.
         ``text_pages=True`` (a model that reads text only): pages taken from their text layer
-        load as that text (a str) and count no pixels; the others load as images.
+        load as that text (a str), the others as images; all count the pixels they would render.
         """
         data = self._read(limits)
         with _PDFIUM_LOCK:
@@ -162,7 +169,7 @@ class PDF:
                 doc.close()
 
         def load() -> list[str | PILImage.Image]:
-            pages = self._pages(data, limits, False, text_pages)
+            pages = self._pages(data, limits, False, text_pages, layout)     # the layers read above
             return [page.text if page.image is None else page.image for page in pages]
 
         return DecodePlan(sum(p.pixels for p in layout), load)
@@ -188,12 +195,15 @@ class PDF:
             raise InputError(None, f"PDF has too many pages: {len(selected)} > {limits.max_pdf_pages}")
         return selected
 
-    def _pages(self, data: bytes, limits: InputLimits, text: bool, text_pages: bool = False) -> Iterator[PDFPage]:
+    def _pages(self, data: bytes, limits: InputLimits, text: bool, text_pages: bool = False,
+               layout: list[_PagePlan] | None = None) -> Iterator[PDFPage]:
+        """``layout``: one already made for this document (``plan``'s), else made here."""
         with _PDFIUM_LOCK:
             doc = _open_document(data)
         try:
-            with _PDFIUM_LOCK:
-                layout = self._layout(doc, limits, text_pages)
+            if layout is None:
+                with _PDFIUM_LOCK:
+                    layout = self._layout(doc, limits, text_pages)
             for page in layout:
                 if page.layer is not None:                  # read from its text layer: no render
                     yield PDFPage(index=page.index, image=None, text=page.layer)
@@ -211,8 +221,9 @@ class PDF:
 
     def _layout(self, doc, limits: InputLimits, text_pages: bool = False) -> list[_PagePlan]:  # lock held
         """Each selected page's render size, from page sizes alone, within both pixel budgets;
-        with ``text_pages``, the pages a text-only reader takes from their text layer (which
-        render nothing and count no pixels).
+        with ``text_pages``, the pages a text-only reader takes from their text layer. Those
+        render nothing but count the pixels they would render, so every pixel budget bounds a
+        request (and the memory of reading it) exactly as before.
 
         Why before rendering: a 2 KB PDF can declare 16 pages of 14400 pt (and rendering them
         all took +2.6 GB), and loading a page already inflates its content streams.
@@ -230,13 +241,12 @@ class PDF:
                 w_pt, h_pt = doc.get_page_size(i)
             except Exception as e:
                 raise InputError(None, f"not a valid PDF (page {i}: {type(e).__name__}: {e})") from None
-            layer = None
+            plan = _fit_page(i, w_pt, h_pt, self.dpi / 72.0, per_page)
             if text_pages and self.text != "ocr":
                 page_text = _page_text(doc, i)
                 if reads_text_layer(self.text, page_text, w_pt, h_pt):
-                    layer = page_text
-            layout.append(_PagePlan(i, 0.0, 0, 0, layer) if layer is not None
-                          else _fit_page(i, w_pt, h_pt, self.dpi / 72.0, per_page))
+                    plan = dataclasses.replace(plan, layer=page_text)
+            layout.append(plan)
         total = sum(p.pixels for p in layout)
         if total > limits.max_pdf_pixels:
             raise InputError(None, f"PDF would render to {total} pixels over {len(layout)} pages, more than "
@@ -308,7 +318,8 @@ def _page_text(doc, i: int) -> str:  # doc: pypdfium2.PdfDocument; caller holds 
     try:
         page = doc[i]
         textpage = page.get_textpage()
-        text = textpage.get_text_range()
+        # a crafted page can draw one form millions of times: keep what a model could use
+        text = textpage.get_text_range(0, min(textpage.count_chars(), MAX_PAGE_TEXT_CHARS))
     except Exception:
         return ""  # a page whose text layer cannot be read is still a page (its image counts)
     finally:
@@ -316,6 +327,4 @@ def _page_text(doc, i: int) -> str:  # doc: pypdfium2.PdfDocument; caller holds 
             textpage.close()
         if page is not None:
             page.close()
-    # a damaged layer can hold lone UTF-16 surrogates, which no tokenizer or JSON encoder takes
-    text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text.replace("\r\n", "\n").replace("\r", "\n").replace("\0", "").strip()

@@ -46,5 +46,5 @@ def fetch_url_inputs(inputs: Sequence[Any], limits: InputLimits, deadline: float
             data = fetch_url(x.source.strip(), limits, deadline=deadline)
         except InputError as e:
             raise e.with_index(i) from e.__cause__
-        out.append(Image(data) if isinstance(x, Image) else PDF(data, dpi=x.dpi, pages=x.pages))
+        out.append(Image(data) if isinstance(x, Image) else PDF(data, dpi=x.dpi, pages=x.pages, text=x.text))
     return out
