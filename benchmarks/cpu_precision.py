@@ -56,7 +56,6 @@ def best_seconds(fn: Callable[[], object], repeats: int = 5, inner: int = 10) ->
 
 
 def gemm_ceiling(threads: int) -> None:
-    import onnx
     import torch
     from onnx import TensorProto, helper, numpy_helper
 

@@ -34,24 +34,16 @@ from pathlib import Path
 
 import numpy as np
 
-FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
-
-
-def font_file() -> str:
-    if Path(FONT).is_file():
-        return FONT
-    import matplotlib
-    return str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf")
-
-
 def build_pdf(pages: list[dict], out: Path) -> None:
     """One PDF page per suite page: its PNG full-page under an invisible layer of its text."""
     from fpdf import FPDF
     from fpdf.enums import TextMode
 
+    from omnivec.eval.vdr_rendered import font_path
+
     pdf = FPDF(unit="pt", format=(700, 900))
     pdf.set_auto_page_break(False)
-    pdf.add_font("dejavu", fname=font_file())
+    pdf.add_font("dejavu", fname=str(font_path()))
     for page in pages:
         pdf.add_page()
         pdf.image(io.BytesIO(page["image"]), x=0, y=0, w=700, h=900)

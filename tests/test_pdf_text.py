@@ -17,15 +17,12 @@ from omnivec.models.base import PrepareOptions
 from omnivec.tasks import TaskSpec
 
 fpdf = pytest.importorskip("fpdf")
-FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 PASSAGE = TaskSpec("retrieval", "passage")
 
 
 def _font_file() -> str:
-    if Path(FONT).is_file():
-        return FONT
-    import matplotlib
-    return str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf")
+    from omnivec.eval.vdr_rendered import font_path
+    return str(font_path())
 
 
 def _real_texts() -> list[str]:

@@ -11,7 +11,7 @@ import torch
 
 import omnivec
 import omnivec.cpu_features as cpu_features
-from omnivec.cpu_features import CpuFeatures, parse_cpuinfo
+from omnivec.cpu_features import parse_cpuinfo
 from omnivec.models import encoder_onnx
 from omnivec.precision import PrecisionError, plan
 

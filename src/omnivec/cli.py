@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from omnivec.inputs.pdf import PDF_TEXT_MODES
+
 app = typer.Typer(help="omnivec: universal embeddings (text, images, PDF pages, code).",
                   no_args_is_help=True, add_completion=False)
 err = Console(stderr=True)
@@ -25,12 +27,14 @@ PRECISION_HELP = ("Compute precision: fp32 (the default on the CPU), int8 (ONNX 
 QUANTIZE_HELP = "Same as --precision int8 (the older spelling)."
 
 
-def _precision(model: Optional[str], device: Optional[str], precision: Optional[str], quantize: bool) -> dict:
-    """``--precision`` / ``--quantize`` checked up front (not after a server start) -> load kwargs."""
+def _precision(model: Optional[str], device: Optional[str], precision: Optional[str],
+               quantize: bool = False) -> Optional[str]:
+    """``--precision`` / ``--quantize`` checked up front (not after a server start): the precision
+    to load with, or None for the model's default."""
     from omnivec.models.registry import detect_family, family, precision_plan, resolve_model_path
     from omnivec.precision import PrecisionError
     if precision is None and not quantize:
-        return {}
+        return None
     try:
         entry = family(detect_family(resolve_model_path(model)))
         precision_plan(entry, device, None, precision, quantize)
@@ -38,7 +42,7 @@ def _precision(model: Optional[str], device: Optional[str], precision: Optional[
         _fail(f"{'--quantize' if quantize and precision is None else '--precision'}: {e}")
     except (ValueError, RuntimeError) as e:     # RuntimeError: torch's word for a bad --device
         _fail(str(e))
-    return {"precision": "int8" if quantize else precision}
+    return "int8" if quantize else precision
 
 
 def _load(model: Optional[str], device: Optional[str], precision: Optional[str] = None,
@@ -94,14 +98,14 @@ def embed(
 ) -> None:
     """Embed texts, images and PDF pages; print a summary or write the vectors."""
     import omnivec
-    precision = _precision(model, device, precision, False).get("precision")
+    precision = _precision(model, device, precision)
     inputs: list = list(texts or [])
     for f in file:
         lines = (sys.stdin.read() if str(f) == "-" else _read_text(f)).splitlines()
         inputs.extend(line for line in lines if line.strip())
     inputs.extend(omnivec.Image(i) for i in image)
-    if pdf_text not in ("auto", "layer", "ocr"):
-        _fail(f"--pdf-text must be auto, layer or ocr, got {pdf_text!r}")
+    if pdf_text not in PDF_TEXT_MODES:
+        _fail(f"--pdf-text must be one of {', '.join(PDF_TEXT_MODES)}, got {pdf_text!r}")
     inputs.extend(omnivec.PDF(p, text=pdf_text) for p in pdf)
     if not inputs:
         _fail("nothing to embed: give texts, --file, --image or --pdf")
@@ -170,7 +174,7 @@ def info(
     """Show the model, device, precision (and why), dimensions, tasks and adapters."""
     import omnivec
     from omnivec.cpu_features import detect
-    m = _load(model, device, _precision(model, device, precision, False).get("precision"))
+    m = _load(model, device, _precision(model, device, precision))
     data = m.info()
     data["cpu"] = detect().summary()
     data["omnivec"] = omnivec.__version__
@@ -209,8 +213,7 @@ def prepare(
     import omnivec
     started = time.perf_counter()
     kwargs: dict = {} if adapters is None else {"adapters": None if adapters.lower() == "none" else adapters}
-    kwargs.update(_precision(model, device, precision, quantize))
-    m = omnivec.load(model, device=device, **kwargs)
+    m = omnivec.load(model, device=device, precision=_precision(model, device, precision, quantize), **kwargs)
     m.model.load_all_tasks()
     tasks = m.info().get("tasks") or {}       # API task -> the adapter it runs
     err.print(f"[bold]omnivec[/bold] {m.info().get('model')} ready in {time.perf_counter() - started:.1f} s "
@@ -261,7 +264,7 @@ def serve(
     if log_format not in ("text", "json"):
         _fail(f"--log-format must be text or json, not {log_format!r}")
     load_kwargs: dict = {} if adapters is None else {"adapters": None if adapters.lower() == "none" else adapters}
-    load_kwargs.update(_precision(model, device, precision, quantize))
+    load_kwargs["precision"] = _precision(model, device, precision, quantize)
     app_ = create_app(loader=lambda: omnivec.load(model, device=device, **load_kwargs), settings=settings)
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     auth = ' -H "Authorization: Bearer $KEY"' if api_key else ""
@@ -313,7 +316,7 @@ def eval_(
             _fail("--raw-multivectors changes the multi-vectors only: add --multivector")
         _check_raw_multivectors(model)
     try:
-        m = _load(model, device, _precision(model, device, precision, False).get("precision"), adapters=adapters,
+        m = _load(model, device, _precision(model, device, precision), adapters=adapters,
                   projector=not raw_multivectors)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
@@ -392,8 +395,8 @@ def index_(
         _fail(f"{path} is not a directory")
     if multivector_storage is not None and multivector_storage not in ("float16", "binary", "float32"):
         _fail(f"--multivector-storage must be float16, binary or float32, got {multivector_storage!r}")
-    if pdf_text is not None and pdf_text not in ("auto", "layer", "ocr"):
-        _fail(f"--pdf-text must be auto, layer or ocr, got {pdf_text!r}")
+    if pdf_text is not None and pdf_text not in PDF_TEXT_MODES:
+        _fail(f"--pdf-text must be one of {', '.join(PDF_TEXT_MODES)}, got {pdf_text!r}")
     ix = _open_index(store, model, device, True, multivector=multivector or None,
                      multivector_storage=multivector_storage, chunk_tokens=chunk_tokens,
                      chunk_overlap=chunk_overlap, pdf_text=pdf_text)

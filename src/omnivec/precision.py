@@ -25,6 +25,8 @@ from .cpu_features import CpuFeatures
 PRECISIONS = ("fp32", "int8", "bf16")
 _ALIASES = {"fp32": "fp32", "float32": "fp32", "int8": "int8", "bf16": "bf16", "bfloat16": "bf16"}
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+# The dtype each precision runs the model's float tensors in (int8 graphs take float32 in and out)
+_DTYPES = {"fp32": torch.float32, "int8": torch.float32, "bf16": torch.bfloat16}
 RESULTS_REF = "benchmarks/RESULTS.md, 'CPU precision paths'"
 
 
@@ -40,6 +42,11 @@ class PrecisionPlan:
     dtype: torch.dtype | None
     quantize: bool
     reason: str
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``bf16`` (``fp32``, ``fp16``; other dtypes by their torch name)."""
+    return _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
 
 
 def normalise(precision: str) -> str:
@@ -78,15 +85,12 @@ def plan(precision: str | None, *, quantize: bool, dtype: torch.dtype | None, de
             raise PrecisionError(f"quantize=True (--quantize) means precision='int8', but precision={precision!r} "
                                  "was given")
         name = "int8"
-    if dtype is not None and name is not None:
-        wanted = torch.float32 if name == "int8" else None        # int8 graphs take float32 in and out
-        if (wanted is not None and dtype != wanted) or (wanted is None and _DTYPE_NAMES.get(dtype) != name):
-            asked = "quantize=True (precision='int8')" if quantize and precision is None else f"precision={precision!r}"
-            raise PrecisionError(f"dtype={dtype} contradicts {asked}; give one of them")
+    if dtype is not None and name is not None and dtype != _DTYPES[name]:
+        asked = "quantize=True (precision='int8')" if quantize and precision is None else f"precision={precision!r}"
+        raise PrecisionError(f"dtype={dtype} contradicts {asked}; give one of them")
     if name is None:
         if dtype is not None:
-            name = _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
-            return PrecisionPlan(name, dtype, False, f"{name}: the dtype asked for")
+            return PrecisionPlan(dtype_name(dtype), dtype, False, f"{dtype_name(dtype)}: the dtype asked for")
         if not on_cpu:
             return PrecisionPlan("default", None, False, f"the {family} family's default dtype on {device}")
         return PrecisionPlan("fp32", None, False,

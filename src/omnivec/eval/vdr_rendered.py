@@ -31,11 +31,16 @@ SIZE = (700, 900)
 MARGIN = 48
 
 
-def _font(size: int, bold: bool = False) -> Any:
+def font_path(bold: bool = False) -> Path:
+    """DejaVu Sans as matplotlib ships it (present wherever the suite can be generated)."""
     import matplotlib
-    from PIL import ImageFont
     name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
-    return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name), size)
+    return Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name
+
+
+def _font(size: int, bold: bool = False) -> Any:
+    from PIL import ImageFont
+    return ImageFont.truetype(str(font_path(bold)), size)
 
 
 def _wrap(text: str, font: Any, width: int) -> list[str]:

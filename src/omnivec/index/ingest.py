@@ -235,8 +235,8 @@ def _pdf_items(source: SourceFile, limits: InputLimits, pdf_scale: float | None,
     layer is never rendered and its content is that text. None: every page is rendered.
     """
     data = _read_bytes(source.abs_path, limits.max_image_bytes)
-    dpi = 144 if pdf_scale is None else pdf_scale * 72.0
-    pdf = PDF(data, dpi=dpi, text=pdf_text or "ocr")
+    scale = {} if pdf_scale is None else {"dpi": pdf_scale * 72.0}     # else omnivec.PDF's default
+    pdf = PDF(data, text=pdf_text or "ocr", **scale)
     pages = pdf.iter_pages(limits, text=True, text_pages=pdf_text is not None)
     try:
         while True:
@@ -308,8 +308,9 @@ def read_items(
     ``limits`` default to :data:`DEFAULT_LIMITS`; ``pdf_scale`` (pixels per PDF point) defaults
     to the scale ``omnivec.PDF`` embeds with (144 dpi). ``pdf_text``: None renders every PDF
     page (models with native images); ``auto``/``layer``/``ocr`` is the ``omnivec.PDF(text=...)``
-    rule of a text-only model (a page read from its layer has that text as content). Raises :class:`IngestError` for files
-    that cannot be read or decoded (corrupt, truncated, binary, too large).
+    rule of a text-only model (a page read from its layer has that text as content). Raises
+    :class:`IngestError` for files that cannot be read or decoded (corrupt, truncated, binary,
+    too large).
     """
     return list(iter_items(source, count_tokens=count_tokens, max_tokens=max_tokens, overlap=overlap,
                            limits=limits, pdf_scale=pdf_scale, pdf_text=pdf_text))

@@ -25,7 +25,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
-from ..precision import PrecisionPlan
+from ..precision import PrecisionPlan, dtype_name
 from ..tasks import ADAPTERS, API_TASKS, TaskSpec
 from .text_bounds import TextIds, bounded_ids
 
@@ -329,10 +329,7 @@ class EmbeddingModel(ABC):
     @property
     def precision(self) -> str:
         """The arithmetic the backbone runs: fp32 | int8 | bf16 | fp16."""
-        if self.quantized:
-            return "int8"
-        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
-            self.dtype, str(self.dtype).replace("torch.", ""))
+        return "int8" if self.quantized else dtype_name(self.dtype)
 
     def info(self) -> dict[str, Any]:
         plan = self.precision_plan
