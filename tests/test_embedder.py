@@ -164,3 +164,22 @@ def test_chunked_pipeline_keeps_order_and_global_error_index(default_model, monk
         default_model.encode(texts[:7] + [5] + texts)
     with pytest.raises(InputError, match="input 4"):
         default_model.encode(texts[:4] + [omnivec.Image(b"broken")])
+
+
+def test_embed_skipping_drops_bad_inputs_and_splits_calls_over_a_pixel_budget(default_model):
+    from omnivec.inputs import InputLimits
+    good = [omnivec.Image(_png_bytes(_text_image(f"hello {i}"))) for i in range(3)]
+    inputs = ["a text", good[0], omnivec.Image(b"\x89PNG\r\n\x1a\nbroken"), good[1], "more text", good[2]]
+    one = _text_image("x").size[0] * _text_image("x").size[1]
+    limits = InputLimits(max_request_pixels=2 * one)       # all three images: over the call budget
+    res, failed = default_model.embed_skipping(inputs, "retrieval.passage", limits=limits, progress=False)
+    assert sorted(failed) == [2] and "image" in failed[2]
+    assert res.origins == [0, 1, 3, 4, 5]
+    want = default_model.encode([inputs[i] for i in res.origins], task="retrieval.passage")
+    np.testing.assert_allclose(res.dense, want, atol=1e-5)
+
+
+def _png_bytes(im: PILImage.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG")
+    return buf.getvalue()

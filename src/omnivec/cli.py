@@ -339,6 +339,8 @@ def eval_(
 # One rule for both commands: the store is --store, else $OMNIVEC_STORE, else ./omnivec-index in
 # the current directory (scans skip *.omnivec folders, so it may sit inside the indexed folder), so `omnivec index docs` followed by `omnivec search "..."` just works.
 DEFAULT_STORE = "index.omnivec"
+_RAY_HELP_SHORT = "auto, ray://host:10001, or local."
+_RAY_HELP = "Ray cluster: auto (the cluster this machine is in), ray://host:10001, or local (start one here)."
 _STORE_HELP = ("LanceDB directory, qdrant://host:6333/collection, qdrant+local:///dir/collection "
                "(default: $OMNIVEC_STORE, else ./index.omnivec in the current directory).")
 
@@ -389,6 +391,10 @@ def index_(
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
                                             help="Progress bar (default: on a terminal only)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address",
+                                              help="Embed on a Ray cluster instead of this process: " + _RAY_HELP_SHORT),
+    actors: int = typer.Option(1, "--actors", help="With --ray-address: model replicas."),
+    gpus_per_actor: float = typer.Option(0.0, "--gpus-per-actor", help="With --ray-address: GPUs per actor."),
 ) -> None:
     """Index a folder: embed new and changed files, drop deleted ones (re-runs are incremental)."""
     if not path.is_dir():
@@ -397,6 +403,10 @@ def index_(
         _fail(f"--multivector-storage must be float16, binary or float32, got {multivector_storage!r}")
     if pdf_text is not None and pdf_text not in PDF_TEXT_MODES:
         _fail(f"--pdf-text must be one of {', '.join(PDF_TEXT_MODES)}, got {pdf_text!r}")
+    if ray_address is not None:
+        _index_on_ray(path, store, ray_address, actors, gpus_per_actor, model, device, multivector,
+                      multivector_storage, chunk_tokens, chunk_overlap, pdf_text, progress, as_json)
+        return
     ix = _open_index(store, model, device, True, multivector=multivector or None,
                      multivector_storage=multivector_storage, chunk_tokens=chunk_tokens,
                      chunk_overlap=chunk_overlap, pdf_text=pdf_text)
@@ -418,14 +428,138 @@ def index_(
     for key, value in rows:
         table.add_row(key, value)
     Console().print(table)
-    for title, entries in (("errors", summary.errors), ("skipped", summary.skipped)):
+    _print_listings("path", (("errors", summary.errors), ("skipped", summary.skipped)))
+
+
+@app.command("embed-dataset")
+def embed_dataset(
+    input_path: Path = typer.Argument(..., metavar="INPUT",
+                                      help="A Parquet/JSONL file or folder of them, or a folder of documents."),
+    out: str = typer.Option(..., "--out", "-o",
+                            help="A Parquet folder (or s3://... prefix), a LanceDB store (lancedb://DIR, DIR.omnivec "
+                                 "or an existing store), or qdrant://host:6333/collection."),
+    ray_address: str = typer.Option("auto", "--ray-address", help=_RAY_HELP),
+    actors: int = typer.Option(1, "--actors", help="Model replicas (each loads the model once)."),
+    gpus_per_actor: float = typer.Option(0.0, "--gpus-per-actor", help="GPUs per actor (fractions share a GPU)."),
+    cpus_per_actor: float = typer.Option(1.0, "--cpus-per-actor", help="CPUs per actor (also its thread count)."),
+    task: str = typer.Option("retrieval.passage", "--task", "-t", help="Task of every row."),
+    multivector: bool = typer.Option(False, "--multivector", help="Also write per-token multi-vectors."),
+    dimensions: Optional[int] = typer.Option(None, "--dimensions", "-d", help="Matryoshka size of the dense vectors."),
+    text_field: str = typer.Option("text", "--text-field", help="Tables: the column holding the text."),
+    image_field: Optional[str] = typer.Option(None, "--image-field",
+                                              help="Tables: a column of image or PDF bytes, or paths (used where not null)."),
+    id_field: Optional[str] = typer.Option(None, "--id-field",
+                                           help="Tables: the row id column (default: <file>:<row number>)."),
+    input_format: str = typer.Option("auto", "--format", help="auto | parquet | jsonl | documents."),
+    rows_per_unit: int = typer.Option(1024, "--rows-per-unit", help="Rows per commit (the resume granularity)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name or directory (default: embedded)."),
+    adapters: Optional[str] = typer.Option(None, "--adapters", help=ADAPTERS_HELP),
+    precision: Optional[str] = typer.Option(None, "--precision", help=PRECISION_HELP),
+    device: Optional[str] = typer.Option(None, "--device", help="Device on each actor (default: GPU if it has one)."),
+    pdf_text: str = typer.Option("auto", "--pdf-text", help="Documents, text-only models: auto | layer | ocr."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                            help="Progress bar (default: on a terminal only)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Embed a dataset or a folder of documents on Ray; a rerun writes only what is missing."""
+    from omnivec.distributed import EmbedSettings, run_job
+    from omnivec.distributed.sinks import SettingsMismatch
+    from omnivec.distributed.units import INPUT_FORMATS
+    from omnivec.tasks import resolve_tasks
+
+    if input_format not in INPUT_FORMATS:
+        _fail(f"--format must be one of {', '.join(INPUT_FORMATS)}, got {input_format!r}")
+    if pdf_text not in PDF_TEXT_MODES:
+        _fail(f"--pdf-text must be one of {', '.join(PDF_TEXT_MODES)}, got {pdf_text!r}")
+    if actors < 1 or rows_per_unit < 1 or cpus_per_actor <= 0 or gpus_per_actor < 0:
+        _fail("--actors and --rows-per-unit must be >= 1, --cpus-per-actor > 0, --gpus-per-actor >= 0")
+    if dimensions is not None and dimensions < 1:
+        _fail("--dimensions must be >= 1")
+    try:
+        resolve_tasks(task, 1, None)
+    except ValueError as e:
+        _fail(f"--task: {e}")
+    if not input_path.exists():
+        _fail(f"no such file or folder: {input_path}")
+    settings = EmbedSettings(model=model, task=task, multivector=multivector, dimensions=dimensions,
+                             text_field=text_field, image_field=image_field, id_field=id_field,
+                             rows_per_unit=rows_per_unit, pdf_text=pdf_text, adapters=adapters,
+                             precision=_precision(model, None, precision), device=device)
+    try:
+        summary = run_job(str(input_path), out, settings, address=ray_address, actors=actors,
+                          gpus_per_actor=gpus_per_actor, cpus_per_actor=cpus_per_actor, fmt=input_format,
+                          progress=progress)
+    except ImportError as e:
+        _fail(str(e))
+    except (SettingsMismatch, ValueError, FileNotFoundError, KeyError) as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
+        return
+    _print_job(summary, f"embed-dataset -> {out}")
+
+
+def _print_job(summary, title: str) -> None:
+    table = Table(show_header=False, title=title, title_justify="left")
+    unit = "files" if summary.input_format == "documents" else "rows"
+    for key, value in (("input", f"{summary.input_format}, {summary.units} units"),
+                       ("resumed", f"{summary.chunks_done_before} chunks already in the output"),
+                       ("this run", f"{summary.rows} {unit} -> {summary.items} vectors written, "
+                                    f"{summary.chunks} chunks committed, {summary.tokens} tokens"),
+                       ("failures", str(len(summary.failures))), ("skipped files", str(len(summary.skipped))),
+                       ("removed stale chunks", str(summary.removed)),
+                       ("time", f"{summary.seconds:.1f}s ({summary.rows_per_second:.1f} {unit}/s)")):
+        table.add_row(key, value)
+    Console().print(table)
+    _print_listings("id / path", (("failures", summary.failures), ("skipped", summary.skipped)))
+
+
+def _print_listings(what: str, sections) -> None:
+    """(title, [(name, reason)]) tables, the first 50 rows of each."""
+    for title, entries in sections:
         if entries:
-            listing = Table("path", "reason", title=title, title_justify="left")
+            listing = Table(what, "reason", title=title, title_justify="left")
             for p, reason in entries[:50]:
-                listing.add_row(p, reason)
+                listing.add_row(str(p), str(reason))
             Console().print(listing)
             if len(entries) > 50:
                 Console().print(f"... and {len(entries) - 50} more {title}")
+
+
+def _index_on_ray(path: Path, store: str, ray_address: str, actors: int, gpus_per_actor: float,
+                  model: Optional[str], device: Optional[str], multivector: bool,
+                  multivector_storage: Optional[str], chunk_tokens: Optional[int], chunk_overlap: Optional[int],
+                  pdf_text: Optional[str], progress: Optional[bool], as_json: bool) -> None:
+    """`omnivec index --ray-address`: the same files, ids and per-file commits, embedded by Ray actors."""
+    from omnivec.distributed import EmbedSettings, run_job
+    from omnivec.distributed.sinks import SettingsMismatch
+    from omnivec.index.stores import open_store
+
+    try:
+        existing = open_store(store, create=False)
+        meta = existing.get_meta()
+        existing.close()
+    except FileNotFoundError:
+        meta = {}
+    if actors < 1 or gpus_per_actor < 0:
+        _fail("--actors must be >= 1 and --gpus-per-actor >= 0")
+    settings = EmbedSettings(
+        model=model or meta.get("model_ref"), multivector=bool(multivector or meta.get("multivector")),
+        chunk_tokens=chunk_tokens or meta.get("chunk_tokens") or 256,
+        chunk_overlap=chunk_overlap if chunk_overlap is not None else meta.get("chunk_overlap", 32),
+        pdf_text=pdf_text or meta.get("pdf_text") or ("ocr" if meta else "auto"), device=device)
+    try:
+        summary = run_job(str(path), store, settings, address=ray_address, actors=actors,
+                          gpus_per_actor=gpus_per_actor, fmt="documents", progress=progress, store_output=True,
+                          multivector_storage=multivector_storage or "float16")
+    except ImportError as e:
+        _fail(str(e))
+    except (SettingsMismatch, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps({"summary": summary.to_dict()}, indent=2, ensure_ascii=False))
+        return
+    _print_job(summary, f"index {store} (on Ray)")
 
 
 @app.command()

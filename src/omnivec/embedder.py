@@ -146,6 +146,45 @@ class Embedder:
                            tokens=[p.cost for p in prepared], kinds=[p.kind for p in prepared],
                            truncated=[p.truncated for p in prepared])
 
+    def embed_skipping(self, inputs: Sequence[Any], task: str | TaskSpec | Sequence[str | TaskSpec]
+                       = "text-matching", **kwargs: Any) -> tuple[EmbedResult, dict[int, str]]:
+        """:meth:`embed`, leaving out the inputs it rejects: ``(result, {input index: reason})``.
+
+        Why: a corpus job (an index build, a Ray dataset) must not fail because one image is
+        corrupt. An :class:`InputError` naming an input drops that input and the call is run
+        again on the rest; the result's ``origins`` index ``inputs`` as given. An error that
+        names no input (a whole-call budget such as the decoded pixels of many images) splits
+        the call in halves; a single input that still exceeds it is reported as failed.
+        """
+        tasks = resolve_tasks(task, _length(inputs), kwargs.pop("prompt_name", None))
+        failed: dict[int, str] = {}
+        result = self._embed_kept(inputs, tasks, list(range(len(tasks))), failed, kwargs)
+        return result, failed
+
+    def _embed_kept(self, inputs: Sequence[Any], tasks: list[TaskSpec], keep: list[int],
+                    failed: dict[int, str], kwargs: dict[str, Any]) -> EmbedResult:
+        """embed_skipping's loop; a call over a whole-call budget (the decoded pixels of many
+        images: an error naming no input) is split in halves, since each half may fit."""
+        while True:
+            try:
+                result = self.embed([inputs[i] for i in keep], [tasks[i] for i in keep], **kwargs)
+            except InputError as e:
+                if e.index is None and len(keep) > 1:
+                    half = len(keep) // 2
+                    parts = [self._embed_kept(inputs, tasks, keep[:half], failed, kwargs),
+                             self._embed_kept(inputs, tasks, keep[half:], failed, kwargs)]
+                    return _concat_results(parts)
+                if e.index is None:
+                    failed[keep[0]] = e.reason
+                    keep = []
+                    continue
+                if not 0 <= e.index < len(keep):
+                    raise
+                failed[keep.pop(e.index)] = e.reason
+                continue
+            result.origins = [keep[o] for o in result.origins]
+            return result
+
     def run_batch(self, batch: Sequence[Prepared], *, dense: bool = True,
                   multivector: bool = False) -> ForwardOutput:
         """One planned batch through backbone + heads (the server engine's forward, too)."""
@@ -280,6 +319,16 @@ class Embedder:
             raise InputError(origin, e.reason) from e
         except ValueError as e:
             raise InputError(origin, str(e)) from e
+
+
+def _concat_results(parts: Sequence[EmbedResult]) -> EmbedResult:
+    """Results of consecutive calls as one (their origins already index the same inputs)."""
+    dense = [p.dense for p in parts if p.dense is not None]
+    multi = [p.multivector for p in parts if p.multivector is not None]
+    return EmbedResult(dense=np.concatenate(dense) if dense else None,
+                       multivector=[m for ms in multi for m in ms] if multi else None,
+                       origins=[o for p in parts for o in p.origins], tokens=[t for p in parts for t in p.tokens],
+                       kinds=[k for p in parts for k in p.kinds], truncated=[t for p in parts for t in p.truncated])
 
 
 def _observed(items: Iterable[Prepared], on_prepared: Callable[[Prepared], None] | None) -> list[Prepared]:

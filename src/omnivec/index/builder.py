@@ -98,10 +98,6 @@ class FolderSync:
         self.chunk_tokens = chunk_tokens
         self.chunk_overlap = chunk_overlap
         self.limits = limits
-        self._count_tokens = token_counter(model)
-        # Text-only models read images through OCR; doing it here instead of inside the model
-        # gives the same vectors and keeps the text for BM25 and snippets.
-        self._reads_images = model.model.capabilities.native_images
 
     def run(self, root: Path, progress: bool | None = None) -> IndexSummary:
         """Make the store hold exactly the indexable files of ``root`` (an existing folder)."""
@@ -145,7 +141,7 @@ class FolderSync:
     def _embed_files(self, todo: Sequence[tuple["SourceFile", str]], indexed: dict[str, str],
                      summary: IndexSummary, bar: IndexProgress) -> None:
         """Read files in order, embed their items in calls spanning files, commit each finished file."""
-        from .ingest import IngestError, read_items
+        from .ingest import IngestError
 
         per_call = max(1, int(self.model.max_batch_rows))
         pending: list[_FileJob] = []
@@ -159,23 +155,12 @@ class FolderSync:
 
         for source, digest in todo:
             try:
-                items = read_items(source, count_tokens=self._count_tokens, max_tokens=self.chunk_tokens,
-                                   overlap=self.chunk_overlap, limits=self.limits,
-                                   pdf_text=None if self._reads_images else self.pdf_text)
+                items = read_file_items(source, self.model, chunk_tokens=self.chunk_tokens,
+                                        chunk_overlap=self.chunk_overlap, limits=self.limits,
+                                        pdf_text=self.pdf_text)
             except IngestError as e:
-                fail(source.rel_path, str(getattr(e, "reason", e)))
+                fail(source.rel_path, e.reason)
                 continue
-            except OSError as e:
-                fail(source.rel_path, f"unreadable: {e.strerror or e}")
-                continue
-            if not self._reads_images:
-                try:
-                    _ocr_to_text(items)
-                except ImportError:
-                    raise                # OCR not installed: a setup problem, not this file's
-                except Exception as e:   # noqa: BLE001 - one odd image must not stop the run
-                    fail(source.rel_path, f"OCR failed: {type(e).__name__}: {e}")
-                    continue
             job = _FileJob(source.rel_path, digest, list(items))
             pending.append(job)
             buffer.extend((job, i) for i in range(len(job.items)))
@@ -189,30 +174,26 @@ class FolderSync:
     def _embed_buffer(self, buffer: list[tuple[_FileJob, int]], fail: Callable[[str, str], None],
                       summary: IndexSummary, bar: IndexProgress) -> None:
         """Embed every buffered item in one call; a file whose input is rejected fails alone."""
-        from ..inputs import InputError
-
-        while buffer:
-            contents = [job.items[i].content for job, i in buffer]
-            try:
-                res = self.model.embed(contents, PASSAGE_TASK, dense=True, multivector=self.multivector,
-                                       progress=False, limits=self.limits if _is_input_limits(self.limits) else None)
-            except InputError as e:
-                if e.index is None or not 0 <= e.index < len(buffer):
-                    raise
-                bad = buffer[e.index][0]
+        if not buffer:
+            return
+        contents = [job.items[i].content for job, i in buffer]
+        res, rejected = self.model.embed_skipping(
+            contents, PASSAGE_TASK, dense=True, multivector=self.multivector, progress=False,
+            limits=self.limits if _is_input_limits(self.limits) else None)
+        for index, reason in sorted(rejected.items()):
+            bad = buffer[index][0]
+            if not bad.failed:
                 bad.failed = True
-                fail(bad.path, f"cannot embed: {e.reason}")
-                buffer[:] = [(j, i) for j, i in buffer if j is not bad]
-                continue
-            if len(res.origins) != len(buffer):
-                raise RuntimeError(f"embedding returned {len(res.origins)} rows for {len(buffer)} items")
-            for row, (job, i) in enumerate(buffer):
-                job.dense[i] = res.dense[row]
-                if self.multivector:
-                    job.multi[i] = res.multivector[row]
-            summary.items += len(buffer)
-            bar.items_embedded(len(buffer))
-            buffer.clear()
+                fail(bad.path, f"cannot embed: {reason}")
+        for row, origin in enumerate(res.origins):
+            job, i = buffer[origin]
+            job.dense[i] = res.dense[row]
+            if self.multivector:
+                job.multi[i] = res.multivector[row]
+        embedded = sum(1 for origin in res.origins if not buffer[origin][0].failed)
+        summary.items += embedded
+        bar.items_embedded(embedded)
+        buffer.clear()
 
     def _commit_ready(self, pending: list[_FileJob], bar: IndexProgress) -> list[_FileJob]:
         """Commit every fully embedded file (one store call); returns the files still in flight."""
@@ -224,14 +205,50 @@ class FolderSync:
         return [j for j in pending if not j.failed and not j.complete]
 
     def _records(self, job: _FileJob) -> list[Record]:
-        return [Record(id=record_id(job.path, i), path=job.path, file_hash=job.file_hash, kind=item.kind,
-                       dense=np.asarray(job.dense[i], dtype=np.float32),
-                       multivector=job.multi[i] if self.multivector else None, text=item.text or "",
-                       page=item.page, line_start=item.line_start, line_end=item.line_end, ordinal=i)
-                for i, item in enumerate(job.items)]
+        return file_records(job.path, job.file_hash, job.items, job.dense, job.multi if self.multivector else None)
+
+
+def file_records(path: str, file_hash: str, items: Sequence[Item], dense: Sequence[np.ndarray],
+                 multi: Sequence[np.ndarray] | None) -> list[Record]:
+    """A file's items and their vectors as the records a store commits (ids from path + ordinal)."""
+    return [Record(id=record_id(path, i), path=path, file_hash=file_hash, kind=item.kind,
+                   dense=np.asarray(dense[i], dtype=np.float32),
+                   multivector=None if multi is None else multi[i], text=item.text or "",
+                   page=item.page, line_start=item.line_start, line_end=item.line_end, ordinal=i)
+            for i, item in enumerate(items)]
+
+
+def read_file_items(source: "SourceFile", model: "Embedder", *, chunk_tokens: int, chunk_overlap: int,
+                    limits: Any = None, pdf_text: str = "auto") -> list[Item]:
+    """One file's items as the index embeds them (OCR text for images on text-only models).
+
+    Raises :class:`~omnivec.index.ingest.IngestError` with a reason for people when the file
+    cannot be read, decoded or OCR'd; a missing OCR install is raised as ImportError (a setup
+    problem, not this file's).
+    """
+    from .ingest import IngestError, read_items
+
+    reads_images = model.model.capabilities.native_images
+    try:
+        items = read_items(source, count_tokens=token_counter(model), max_tokens=chunk_tokens,
+                           overlap=chunk_overlap, limits=limits, pdf_text=None if reads_images else pdf_text)
+    except OSError as e:
+        raise IngestError(f"unreadable: {e.strerror or e}") from None
+    if not reads_images:
+        try:
+            _ocr_to_text(items)
+        except ImportError:
+            raise
+        except Exception as e:   # noqa: BLE001 - one odd image must not stop the run
+            raise IngestError(f"OCR failed: {type(e).__name__}: {e}") from None
+    return items
+
 
 def _ocr_to_text(items: Sequence[Item]) -> None:
     """Replace image contents by their OCR text, what a text-only model would embed anyway.
+
+    Doing it here instead of inside the model gives the same vectors and keeps the text for
+    BM25 and snippets.
 
     The text also becomes the item's ``text`` (lexical search, snippets) unless the item has
     one already (a PDF page's text layer reads better than OCR output).

@@ -47,12 +47,26 @@ class IndexMismatchError(ValueError):
     """The store was built with another model or settings than the ones asked for."""
 
 
-def _model_ref(model: Any) -> str | None:
+def model_ref(model: Any) -> str | None:
     """How to load ``model`` again later: a built-in name, a hub id, or an absolute directory."""
     if model is None:
         return None
     path = Path(os.path.expanduser(str(model)))
     return str(path.resolve()) if path.is_dir() else str(model)
+
+
+def index_meta(model: str, model_ref: str | None, dim: int, multivector_dim: int | None, storage: str,
+               chunk_tokens: int, chunk_overlap: int, pdf_text: str) -> dict[str, Any]:
+    """The settings an index store records at creation (what :class:`Index` reopens it with).
+
+    Public so that a store filled by another writer (``omnivec embed-dataset``) is an index
+    ``omnivec search`` opens like any other."""
+    return {"omnivec_index": META_VERSION, "model": model, "model_ref": model_ref or model, "dim": dim,
+            "multivector": multivector_dim is not None, "multivector_dim": multivector_dim,
+            "multivector_storage": storage if multivector_dim is not None else None,
+            "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap, "pdf_text": pdf_text,
+            "query_task": QUERY_TASK, "passage_task": PASSAGE_TASK, "root": None,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 class Index:
@@ -132,14 +146,9 @@ class Index:
         if not 0 <= chunk_overlap < chunk_tokens:
             raise ValueError(f"chunk_overlap must be in [0, chunk_tokens), got {chunk_overlap}")
         info = self.model.info()
-        ref = _model_ref(model_arg) if isinstance(model_arg, (str, os.PathLike)) else info["model"]
-        return {"omnivec_index": META_VERSION, "model": info["model"], "model_ref": ref,
-                "dim": self.model.dim, "multivector": multivector,
-                "multivector_dim": self.model.multivector_dim if multivector else None,
-                "multivector_storage": storage if multivector else None,
-                "chunk_tokens": chunk_tokens, "chunk_overlap": chunk_overlap, "pdf_text": pdf_text,
-                "query_task": QUERY_TASK, "passage_task": PASSAGE_TASK, "root": None,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        ref = model_ref(model_arg) if isinstance(model_arg, (str, os.PathLike)) else info["model"]
+        return index_meta(info["model"], ref, self.model.dim, self.model.multivector_dim if multivector else None,
+                          storage, chunk_tokens, chunk_overlap, pdf_text)
 
     def _check_settings(self, meta: dict[str, Any], multivector: bool | None, storage: str | None,
                         chunk_tokens: int | None, chunk_overlap: int | None, pdf_text: str | None) -> None:
