@@ -68,11 +68,13 @@ def _store_spec(out: str) -> str:
 
 
 def _open_store_sink(out: str, settings: EmbedSettings, identity: dict[str, Any],
-                     probe: dict[str, Any], multivector_storage: str = "float16") -> StoreSink:
+                     probe: Callable[[], dict[str, Any]], multivector_storage: str = "float16") -> StoreSink:
     """The store as an omnivec index: created with the index settings, or checked against them.
 
     An index built by ``omnivec index`` is taken over when it was built with the same model and
-    settings (its commits are per file with the same ids, so both can keep it up to date)."""
+    settings (its commits are per file with the same ids, so both can keep it up to date).
+    ``probe()`` gives the model's name and sizes; it is called only to create a store, so an
+    existing one is checked before any cluster work."""
     from ..index.index import index_meta, model_ref
     from ..index.stores import open_store
 
@@ -98,10 +100,11 @@ def _open_store_sink(out: str, settings: EmbedSettings, identity: dict[str, Any]
             store.close()
             raise
         return StoreSink(spec, store)
-    mdim = probe["multivector_dim"] if settings.multivector else None
-    store = open_store(spec, dim=probe["dim"], multivector_dim=mdim, multivector_storage=multivector_storage,
+    model = probe()
+    mdim = model["multivector_dim"] if settings.multivector else None
+    store = open_store(spec, dim=model["dim"], multivector_dim=mdim, multivector_storage=multivector_storage,
                        create=True)
-    meta = index_meta(probe["model"], model_ref(settings.model) or probe["model"], probe["dim"], mdim,
+    meta = index_meta(model["model"], model_ref(settings.model) or model["model"], model["dim"], mdim,
                       multivector_storage, settings.chunk_tokens, settings.chunk_overlap, settings.pdf_text)
     meta["embed_job"] = identity
     store.set_meta(meta)
@@ -197,13 +200,10 @@ def run_job(input_path: str, out: str, settings: EmbedSettings, *, address: str 
     identity = dict(settings.identity(), input_format=p.fmt)
     sink: ParquetSink | StoreSink
     if is_store_output(out) if store_output is None else store_output:
-        if _store_exists(out):
-            sink = _open_store_sink(out, settings, identity, {})     # settings checked before any cluster work
-            ray = connect(address)
-        else:
-            ray = connect(address)
-            sink = _open_store_sink(out, settings, identity, _probe(ray, settings, cpus_per_actor, gpus_per_actor),
-                                    multivector_storage)
+        sink = _open_store_sink(out, settings, identity,
+                                lambda: _probe(connect(address), settings, cpus_per_actor, gpus_per_actor),
+                                multivector_storage)
+        ray = connect(address)
     else:
         sink = ParquetSink(out)
         found = sink.read_settings()
@@ -230,15 +230,6 @@ def run_job(input_path: str, out: str, settings: EmbedSettings, *, address: str 
         sink.close()
     summary.seconds = time.perf_counter() - start
     return summary
-
-
-def _store_exists(out: str) -> bool:
-    from ..index.stores import open_store
-    try:
-        open_store(_store_spec(out), create=False).close()
-        return True
-    except FileNotFoundError:
-        return False
 
 
 def _stream(ray: Any, todo: list[Unit], sink: ParquetSink | StoreSink, settings: EmbedSettings,

@@ -114,7 +114,6 @@ def _collect(res: "EmbedResult", live: list[int], failures: dict[int, str]) -> E
         out.kinds.append(kind)
         out.tokens.append(tokens)
         out.pages.append(page)
-    # a page number only for rows that were PDFs (several items, or one from a PDF input)
     return out
 
 
